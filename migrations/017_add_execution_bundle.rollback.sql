@@ -1,0 +1,1 @@
+ALTER TABLE remediation_workflow_catalog DROP COLUMN execution_bundle;

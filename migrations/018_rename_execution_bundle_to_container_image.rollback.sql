@@ -1,0 +1,2 @@
+ALTER TABLE remediation_workflow_catalog DROP COLUMN container_digest;
+ALTER TABLE remediation_workflow_catalog RENAME COLUMN container_image TO execution_bundle;

@@ -1,0 +1,269 @@
+"""The `migrate` command line: a thin layer over :mod:`runner.commands`.
+
+Global options (--database, --migrations, --config, --format, --log-format)
+are accepted before or after the command name. Errors a user can cause are
+printed as one line on stderr with a documented exit code (see runner.errors).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import click
+
+from runner import errors
+
+GLOBAL_OPTIONS = ("--database", "--migrations", "--config", "--format", "--log-format")
+
+
+@dataclass
+class Invocation:
+    """What every command gets as ``ctx.obj``."""
+
+    flags: dict[str, Any]
+    databases: tuple[str, ...] = ()
+    _settings: Any = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Any:
+        if self._settings is None:
+            from runner.config import load_settings
+
+            if len(self.databases) > 1:
+                raise errors.UsageError("--database may be given several times only to `migrate status`")
+            flags = dict(self.flags, database=self.databases[0] if self.databases else None)
+            self._settings = load_settings(flags)
+        return self._settings
+
+    def open_database(self) -> Any:
+        from runner.db import connect
+
+        return connect(self.settings.database)
+
+    @property
+    def json(self) -> bool:
+        return self.settings.format == "json"
+
+    def emit(self, data: Any, text: str) -> None:
+        """Print ``data`` as one JSON document (--format json) or ``text``."""
+        if self.json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        elif text:
+            click.echo(text)
+
+
+def reorder(argv: Sequence[str]) -> list[str]:
+    """Move global options (and their values) in front of the command name."""
+    front: list[str] = []
+    rest: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if token == "--":
+            rest.extend(items[i:])
+            break
+        name = token.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in token or i + 1 >= len(items):
+                front.append(token)
+                i += 1
+            else:
+                front.extend(items[i:i + 2])
+                i += 2
+            continue
+        rest.append(token)
+        i += 1
+    return front + rest
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database", "databases", multiple=True, metavar="URL",
+              help="Database URL (env DATABASE_URL). Default: sqlite:///migrate.db")
+@click.option("--migrations", metavar="DIR", help="Migrations folder (env MIGRATE_MIGRATIONS). Default: migrations")
+@click.option("--config", metavar="FILE", help="Config file. Default: migrate.toml, else [tool.migrate] in pyproject.toml")
+@click.option("--format", "format_", type=click.Choice(["text", "json"]), help="Output on stdout. Default: text")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]),
+              help="Logs on stderr: auto = console on a terminal, else JSON lines")
+@click.version_option(package_name="migrate-runner", prog_name="migrate")
+@click.pass_context
+def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, config: str | None,
+        format_: str | None, log_format: str | None) -> None:
+    """Apply database migrations safely from deploy pipelines (yoyo-migrations inside)."""
+    from runner import logs
+
+    ctx.obj = Invocation(
+        flags={"migrations": migrations, "config": config, "format": format_, "log_format": log_format},
+        databases=databases,
+    )
+    if ctx.invoked_subcommand is not None and "--help" not in sys.argv[1:] and "-h" not in sys.argv[1:]:
+        logs.configure(log_format or _env_log_format())
+
+
+def _env_log_format() -> str:
+    import os
+
+    value = os.environ.get("MIGRATE_LOG_FORMAT", "auto")
+    return value if value in ("auto", "console", "json") else "auto"
+
+
+# ---------------------------------------------------------------------------- up
+@cli.command()
+@click.option("--to", "to", metavar="ID", help="Stop after this migration.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and its SQL; change nothing.")
+@click.option("--lock-timeout", metavar="DURATION", help="lock_timeout for each migration's statements (default 5s).")
+@click.option("--lock-wait", metavar="DURATION", help="How long to wait for another runner's lock (default 5m).")
+@click.option("--no-compat", is_flag=True, help="Apply declared renames without creating compatibility shims.")
+@click.pass_obj
+def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None, lock_wait: str | None,
+       no_compat: bool) -> int:
+    """Apply pending migrations, each exactly once."""
+    from runner import commands
+
+    inv.flags.update(lock_timeout=lock_timeout, lock_wait=lock_wait)
+    result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
+    if dry_run:
+        data = {"dry_run": True, "pending_before": result.pending_before,
+                "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements}
+                         for p in result.plan]}
+        lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}\n"
+                 + "\n".join(s.rstrip().rstrip(";") + ";" for s in p.statements) for p in result.plan]
+        inv.emit(data, "\n\n".join(lines) if lines else "nothing to apply: database is at head")
+        return errors.OK
+    data = {"applied": result.applied, "pending_before": result.pending_before,
+            "duration_s": round(result.duration_s, 3), "shims": result.shims}
+    if result.applied:
+        text = f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: " + ", ".join(result.applied)
+    else:
+        text = "nothing to apply: database is at head"
+    for shim in result.shims:
+        text += (f"\nactive shim {shim.get('name')}: {shim.get('table')}.{shim.get('old')} -> {shim.get('new')} "
+                 f"in schema {shim.get('schema')}, expires {shim.get('expires_at')}")
+    inv.emit(data, text)
+    return errors.OK
+
+
+# ------------------------------------------------------------------------ status
+@cli.command()
+@click.pass_obj
+def status(inv: Invocation) -> int:
+    """Applied, pending, modified and missing migrations."""
+    from runner import commands
+
+    if len(inv.databases) > 1:
+        return _multi_status(inv)
+    state = commands.status(inv.settings)
+    lines = [f"{'applied':9} {a.id}  ({a.applied_at})" for a in state.applied]
+    lines += [f"{'pending':9} {p}" for p in state.pending]
+    lines += [f"{'MODIFIED':9} {m.id}" for m in state.modified]
+    lines += [f"{'MISSING':9} {m}" for m in state.missing]
+    lines.append(f"head: {state.head or '-'}; at head: {'yes' if state.at_head else 'no'}")
+    inv.emit(state.to_dict(), "\n".join(lines))
+    return errors.OK
+
+
+def _multi_status(inv: Invocation) -> int:
+    raise errors.UsageError("several --database values are not supported by this build")
+
+
+# ------------------------------------------------------------------------ verify
+@cli.command()
+@click.pass_obj
+def verify(inv: Invocation) -> int:
+    """Exit 0 only when nothing is pending, modified or missing (the gate tests run first)."""
+    from runner import commands
+    from runner.status import drift_lines
+
+    state = commands.status(inv.settings)
+    problems = [f"{p}: pending: run `migrate up`" for p in state.pending] + drift_lines(state)
+    data = dict(state.to_dict(), ok=not problems, problems=problems)
+    if problems:
+        inv.emit(data, "")
+        for line in problems:
+            click.echo(f"migrate: verify: {line}", err=True)
+        return errors.NOT_AT_HEAD
+    inv.emit(data, f"ok: database is at head ({state.head or 'no migrations'})")
+    return errors.OK
+
+
+# -------------------------------------------------------------------------- down
+@cli.command()
+@click.option("--to", "to", metavar="ID", help="Roll back every migration applied after this one.")
+@click.option("--steps", type=click.IntRange(min=1), help="How many migrations to roll back (default 1).")
+@click.pass_obj
+def down(inv: Invocation, to: str | None, steps: int | None) -> int:
+    """Roll back applied migrations (their Down section or .rollback.sql)."""
+    from runner import commands
+
+    result = commands.down(inv.settings, to=to, steps=steps)
+    text = ("rolled back: " + ", ".join(result.rolled_back)) if result.rolled_back else "nothing to roll back"
+    inv.emit({"rolled_back": result.rolled_back, "duration_s": round(result.duration_s, 3)}, text)
+    return errors.OK
+
+
+# ------------------------------------------------------------- bookkeeping only
+def _bookkeeping_command(name: str, help_text: str, past: str):
+    @cli.command(name=name, help=help_text)
+    @click.argument("ids", nargs=-1, required=True)
+    @click.pass_obj
+    def command(inv: Invocation, ids: tuple[str, ...]) -> int:
+        from runner import commands
+
+        done = getattr(commands, name)(inv.settings, ids)
+        inv.emit({past: done}, f"{past}: " + ", ".join(done))
+        return errors.OK
+
+    return command
+
+
+_bookkeeping_command("mark", "Record migrations as applied without running them (baseline).", "marked")
+_bookkeeping_command("unmark", "Forget that migrations were applied, without running them.", "unmarked")
+_bookkeeping_command("rehash", "Accept the current file content of applied migrations (after a deliberate edit).",
+                     "rehashed")
+
+
+# --------------------------------------------------------------------------- new
+@cli.command()
+@click.argument("name")
+@click.option("--goose", is_flag=True, help="Write a goose-format file (-- +goose Up/Down).")
+@click.pass_obj
+def new(inv: Invocation, name: str, goose: bool) -> int:
+    """Create the next numbered migration file."""
+    from runner import commands
+
+    path = commands.new(inv.settings, name, "goose" if goose else "sql")
+    inv.emit({"path": str(path)}, f"created {path}")
+    return errors.OK
+
+
+def _register_extensions() -> None:
+    """Command groups that live in their own modules."""
+
+
+_register_extensions()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = reorder(sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args=args, prog_name="migrate", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("migrate: error: interrupted", err=True)
+        return 130
+    except click.ClickException as err:
+        click.echo(f"migrate: error: {err.format_message()}", err=True)
+        return errors.USAGE
+    except errors.MigrateError as err:
+        click.echo(f"migrate: error: {err}", err=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        click.echo("migrate: error: interrupted", err=True)
+        return 130
+    return code if isinstance(code, int) else errors.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

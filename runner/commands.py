@@ -1,0 +1,260 @@
+"""What a user asks for: one function per command, returning records.
+
+The CLI (runner.cli) is a thin layer over these; a Python user can call them
+directly with a :class:`runner.config.Settings`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import structlog
+
+from runner import history
+from runner.config import Settings
+from runner.db import Database, connect, transaction
+from runner.errors import DriftError, UsageError
+from runner.hooks import MigrationHook
+from runner.lock import runner_lock
+from runner.migration import MigrationFile
+from runner.sources import load_migrations
+from runner.status import Status, compute, drift_lines
+
+log = structlog.get_logger("migrate")
+
+
+@dataclass
+class PlanItem:
+    id: str
+    path: str
+    transactional: bool
+    statements: list[str]
+
+
+@dataclass
+class UpResult:
+    applied: list[str] = field(default_factory=list)
+    pending_before: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    dry_run: bool = False
+    plan: list[PlanItem] = field(default_factory=list)
+    shims: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class DownResult:
+    rolled_back: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+def default_hooks(settings: Settings, compat: bool = True) -> list[MigrationHook]:
+    """The hooks `migrate up` runs around each migration."""
+    hooks: list[MigrationHook] = []
+    if compat and settings.compat.enabled:
+        from compat.hook import CompatHook
+
+        hooks.append(CompatHook(settings))
+    from runner.snapshot import SnapshotHook
+
+    hooks.append(SnapshotHook())
+    return hooks
+
+
+def _open(settings: Settings) -> Database:
+    return connect(settings.database)
+
+
+def status(settings: Settings, db: Database | None = None) -> Status:
+    files = load_migrations(settings.migrations)
+    if db is not None:
+        return compute(files, history.read_applied(db))
+    with _open(settings) as db:
+        return compute(files, history.read_applied(db))
+
+
+def _refuse_drift(state: Status) -> None:
+    lines = drift_lines(state)
+    if lines:
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise DriftError(lines[0] + more)
+
+
+def _select_up_to(files: list[MigrationFile], pending: list[str], to: str | None) -> list[MigrationFile]:
+    by_id = {m.id: m for m in files}
+    if to is not None and to not in by_id:
+        raise UsageError(f"--to {to}: no such migration in the migrations folder")
+    chosen: list[MigrationFile] = []
+    wanted = set(pending)
+    for m in files:
+        if m.id in wanted:
+            chosen.append(m)
+        if m.id == to:
+            break
+    return chosen
+
+
+def up(
+    settings: Settings,
+    *,
+    to: str | None = None,
+    dry_run: bool = False,
+    hooks: Sequence[MigrationHook] | None = None,
+    compat: bool = True,
+) -> UpResult:
+    """Apply pending migrations in order, each exactly once, under the runner's lock."""
+    from runner.executor import Executor
+
+    started = time.perf_counter()
+    files = load_migrations(settings.migrations)
+    result = UpResult(dry_run=dry_run)
+    with _open(settings) as db:
+        if dry_run:
+            state = compute(files, history.read_applied(db))
+            _refuse_drift(state)
+            result.pending_before = list(state.pending)
+            result.plan = [
+                PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up]) for m in _select_up_to(files, state.pending, to)
+            ]
+            result.duration_s = time.perf_counter() - started
+            return result
+        with runner_lock(db, settings.lock_wait):
+            history.ensure_tables(db)
+            state = compute(files, history.read_applied(db))
+            _refuse_drift(state)
+            result.pending_before = list(state.pending)
+            todo = _select_up_to(files, state.pending, to)
+            executor = Executor(db, settings, list(default_hooks(settings, compat) if hooks is None else hooks))
+            previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}
+            total = len(todo)
+            for n, migration in enumerate(todo, 1):
+                log.info("applying", migration=migration.id, n=n, total=total)
+                seconds = executor.apply(migration, previous_of[migration.id])
+                result.applied.append(migration.id)
+                log.info("applied", migration=migration.id, n=n, total=total,
+                         duration_ms=round(seconds * 1000, 1), outcome="applied",
+                         elapsed_s=round(time.perf_counter() - started, 2))
+        result.shims = _active_shims(db)
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _active_shims(db: Database) -> list[dict[str, Any]]:
+    try:
+        from compat.commands import active_summary
+    except ImportError:  # pragma: no cover - compat is part of the distribution
+        return []
+    return active_summary(db)
+
+
+def down(settings: Settings, *, to: str | None = None, steps: int | None = None) -> DownResult:
+    """Roll back the last ``steps`` applied migrations (default 1), or all after ``to``."""
+    from runner.executor import Executor
+
+    if to is not None and steps is not None:
+        raise UsageError("give either --to or --steps, not both")
+    started = time.perf_counter()
+    files = load_migrations(settings.migrations)
+    by_id = {m.id: m for m in files}
+    order = {m.id: i for i, m in enumerate(files)}
+    result = DownResult()
+    with _open(settings) as db, runner_lock(db, settings.lock_wait):
+        history.ensure_tables(db)
+        state = compute(files, history.read_applied(db))
+        _refuse_drift(state)
+        applied = sorted((a.id for a in state.applied), key=lambda i: order[i], reverse=True)
+        if to is not None:
+            if to not in by_id:
+                raise UsageError(f"--to {to}: no such migration in the migrations folder")
+            victims = [i for i in applied if order[i] > order[to]]
+        else:
+            victims = applied[: 1 if steps is None else steps]
+        for mid in victims:
+            migration = by_id[mid]
+            if not migration.has_down:
+                raise UsageError(f"{migration.path}: {mid} has no rollback (no Down section or .rollback.sql); nothing was rolled back after it")
+        executor = Executor(db, settings, default_hooks(settings))
+        for mid in victims:
+            index = order[mid]
+            executor.rollback(by_id[mid], files[index - 1] if index else None)
+            result.rolled_back.append(mid)
+            log.info("rolled back", migration=mid, outcome="rolled back")
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _resolve(files: list[MigrationFile], ids: Sequence[str]) -> list[MigrationFile]:
+    by_id = {m.id: m for m in files}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise UsageError(f"no such migration: {', '.join(unknown)}")
+    return [by_id[i] for i in ids]
+
+
+def _bookkeeping(settings: Settings, ids: Sequence[str], operation: str) -> list[str]:
+    files = load_migrations(settings.migrations)
+    with _open(settings) as db, runner_lock(db, settings.lock_wait):
+        history.ensure_tables(db)
+        recorded = {a.migration_id for a in history.read_applied(db)}
+        if operation == "unmark":
+            known = {m.id: m for m in files}
+            targets = [known.get(i) or MigrationFile(i, "", "sql", "", None, None) for i in ids]
+            missing = [t.id for t in targets if t.id not in recorded]
+            if missing:
+                raise UsageError(f"not recorded as applied: {', '.join(missing)}")
+        else:
+            targets = _resolve(files, ids)
+            if operation == "rehash":
+                missing = [t.id for t in targets if t.id not in recorded]
+                if missing:
+                    raise UsageError(f"not recorded as applied (nothing to rehash): {', '.join(missing)}")
+        with transaction(db):
+            for target in targets:
+                if operation == "mark" and target.id in recorded:
+                    continue
+                history.record(db, target, operation)
+    return [t.id for t in targets]
+
+
+def mark(settings: Settings, ids: Sequence[str]) -> list[str]:
+    """Record migrations as applied without running them (baseline an existing database)."""
+    return _bookkeeping(settings, ids, "mark")
+
+
+def unmark(settings: Settings, ids: Sequence[str]) -> list[str]:
+    """Forget that migrations were applied, without running their rollback."""
+    return _bookkeeping(settings, ids, "unmark")
+
+
+def rehash(settings: Settings, ids: Sequence[str]) -> list[str]:
+    """Accept the current content of applied migrations as their recorded checksum."""
+    return _bookkeeping(settings, ids, "rehash")
+
+
+_NAME = re.compile(r"[^a-z0-9]+")
+
+
+def new(settings: Settings, name: str, fmt: str = "sql") -> Path:
+    """Scaffold the next numbered migration file; returns its path."""
+    slug = _NAME.sub("_", name.lower()).strip("_")
+    if not slug:
+        raise UsageError(f"migration name {name!r} has no letters or digits")
+    folder = settings.migrations
+    folder.mkdir(parents=True, exist_ok=True)
+    files = load_migrations(folder)
+    versions = [m for m in files if m.version is not None]
+    width = max((len(m.version_label or "") for m in versions), default=3)
+    number = max((m.version or 0 for m in versions), default=0) + 1
+    path = folder / f"{number:0{width}d}_{slug}.sql"
+    template = {
+        "sql": f"-- {name}\n-- depends:\n\n",
+        "goose": "-- +goose Up\n-- +goose StatementBegin\n\n-- +goose StatementEnd\n\n"
+                 "-- +goose Down\n-- +goose StatementBegin\n\n-- +goose StatementEnd\n",
+    }
+    if fmt not in template:
+        raise UsageError(f"unknown migration file format {fmt!r}: expected sql or goose")
+    path.write_text(template[fmt], encoding="utf-8")
+    return path

@@ -1,0 +1,116 @@
+"""Connections: the one place that knows how to reach each database.
+
+A :class:`Database` wraps a yoyo backend (which owns the DB-API connection and
+its transaction/savepoint bookkeeping) and adds what the runner needs: the
+dialect, the schema of the runner's own tables, and one-line errors with the
+password redacted.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from runner.errors import DatabaseUnreachable
+from runner.urls import DatabaseURL, parse_url, redact
+
+__all__ = ["Database", "connect", "transaction", "redact", "one_line", "is_connection_error"]
+
+MIGRATION_TABLE = "_yoyo_migration"
+
+
+@dataclass
+class Database:
+    """An open connection. ``backend`` is the yoyo backend that owns it."""
+
+    backend: Any
+    dialect: str
+    schema: str | None
+    url: str  # redacted
+
+    @property
+    def connection(self) -> Any:
+        return self.backend.connection
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        """Execute with yoyo's ``:name`` parameter style; returns the cursor."""
+        return self.backend.execute(sql, params)
+
+    def qualify(self, table: str) -> str:
+        """``table`` quoted and qualified with the runner's schema (if any)."""
+        quoted = self.backend.quote_identifier(table)
+        if self.schema:
+            return f"{self.backend.quote_identifier(self.schema)}.{quoted}"
+        return quoted
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection is not an error
+            pass
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def one_line(err: BaseException, url: str | None = None) -> str:
+    """The first meaningful line of a driver error, with any password removed."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    if url:
+        text = text.replace(url, redact(url))
+    return redact(text) if "://" in text else text
+
+
+def is_connection_error(err: BaseException) -> bool:
+    """True when ``err`` means the connection to the server is gone."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(err, psycopg.OperationalError):
+        conn_closed = getattr(err, "sqlstate", None) in (None, "57P01", "57P02", "57P03", "08000", "08003", "08006")
+        return conn_closed
+    return isinstance(err, psycopg.InterfaceError)
+
+
+def connect(url: str | DatabaseURL) -> Database:
+    """Open a connection; raises DatabaseUnreachable (exit 5) with a redacted message."""
+    parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
+    from yoyo.connections import parse_uri
+
+    uri = parse_uri(parsed.yoyo_url)
+    if parsed.dialect == "postgresql":
+        import psycopg
+        from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend as backend_class
+
+        errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+    else:
+        import sqlite3
+        from yoyo.backends.core.sqlite3 import SQLiteBackend as backend_class
+
+        errors = (sqlite3.Error,)
+    try:
+        backend = backend_class(uri, MIGRATION_TABLE)
+        schema = None
+        if parsed.dialect == "postgresql":
+            schema = backend.connection.execute("SELECT current_schema()").fetchone()[0]
+            if schema is None:
+                raise DatabaseUnreachable(
+                    f"cannot use {parsed.redacted}: search_path names no existing schema"
+                )
+        else:
+            backend.connection.execute("PRAGMA busy_timeout = 30000")
+    except errors as err:
+        raise DatabaseUnreachable(f"cannot connect to {parsed.redacted}: {one_line(err, url if isinstance(url, str) else None)}") from None
+    return Database(backend=backend, dialect=parsed.dialect, schema=schema, url=parsed.redacted)
+
+
+@contextmanager
+def transaction(db: Database) -> Iterator[None]:
+    """BEGIN ... COMMIT; ROLLBACK when the block raises (nested: a savepoint)."""
+    with db.backend.transaction():
+        yield

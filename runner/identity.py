@@ -1,0 +1,33 @@
+"""Who is running: safe in containers with an arbitrary UID and no passwd entry."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def os_user() -> str:
+    """The OS user name, without ``getpass.getuser()`` (which raises without a passwd entry)."""
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        value = os.environ.get(var)
+        if value:
+            return value
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError, OSError):
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def host() -> str:
+    try:
+        return socket.gethostname() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def actor(db_user: str | None) -> str:
+    """``dbuser (osuser@host pid N)``: who applied a migration."""
+    who = f"{os_user()}@{host()} pid {os.getpid()}"
+    return f"{db_user} ({who})" if db_user else who

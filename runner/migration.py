@@ -1,0 +1,62 @@
+"""Records describing migration files as read from disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Format = Literal["sql", "goose", "python"]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement and the 1-based line of the file it starts on."""
+
+    sql: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Directive:
+    """A header directive such as ``-- compat: rename t.a -> b window=14d``.
+
+    ``line`` is 0 for directives declared from Python code or config.
+    """
+
+    name: str
+    value: str
+    line: int
+
+
+@dataclass
+class MigrationFile:
+    """One migration on disk.
+
+    ``version`` is the numeric prefix of the file name (``17`` for
+    ``017_add.sql``) and ``version_label`` its text (``"017"``); both are None
+    for a file without one. ``checksum`` is the SHA-256 of the file's content
+    (UTF-8 BOM removed, line endings normalised to LF).
+    """
+
+    id: str
+    path: str
+    format: Format
+    checksum: str
+    version: int | None
+    version_label: str | None
+    transactional: bool = True
+    depends: tuple[str, ...] = ()
+    directives: list[Directive] = field(default_factory=list)
+    up: list[Statement] = field(default_factory=list)
+    down: list[Statement] = field(default_factory=list)
+    # For Python migrations: the loaded yoyo steps (apply and rollback callables).
+    python_steps: list[Any] = field(default_factory=list)
+
+    def directives_named(self, name: str) -> list[Directive]:
+        return [d for d in self.directives if d.name == name]
+
+    @property
+    def has_down(self) -> bool:
+        return bool(self.down) or any(
+            getattr(getattr(s, "step", s), "_rollback", None) for s in self.python_steps
+        )

@@ -1,0 +1,366 @@
+"""Schema snapshots of the managed schema, and the diff between two of them.
+
+A snapshot is a plain JSON-able dict read from the catalog (never a dump):
+
+    {"format": 1, "dialect": "postgresql", "schema": "public",
+     "tables":  {"t": {"kind": "table", "columns": [{"name": "id", "type": "integer", "nullable": false}]}},
+     "views":   {"v": {"columns": [...]}},
+     "indexes": {"t_pkey": {"table": "t", "definition": "CREATE UNIQUE INDEX ..."}}}
+
+What is covered: the schema the runner's own tables live in (PostgreSQL:
+``current_schema()`` at connect; SQLite: the main database). What is left out:
+the runner's and yoyo's tables (``_migrate_*``, ``_yoyo_*``, ``yoyo_lock``),
+other tools' history tables (``goose_db_version``, ``schema_migrations``,
+``alembic_version``), compat shims (on PostgreSQL they live in their own
+schemas; on SQLite, views named by ``compat.sqlite_view_template``) and
+SQLite's internal objects.
+
+Snapshots are stored in ``_migrate_snapshot (migration_id, taken_at,
+snapshot)`` in the runner's schema, created on demand inside the caller's
+transaction. :class:`SnapshotHook` stores one per run (see its docstring for
+why not one per migration).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from runner.hooks import MigrationContext
+
+log = structlog.get_logger("migrate.snapshot")
+
+SNAPSHOT_TABLE = "_migrate_snapshot"
+SNAPSHOT_FORMAT = 1
+_RUNNER_PREFIXES = ("_migrate_", "_yoyo_", "sqlite_")
+_RUNNER_TABLES = {"yoyo_lock", "goose_db_version", "schema_migrations", "alembic_version"}
+
+Snapshot = dict[str, Any]
+
+
+def is_excluded_name(name: str) -> bool:
+    """True for the runner's, yoyo's, other migration tools' and SQLite's own objects."""
+    return name in _RUNNER_TABLES or name.startswith(_RUNNER_PREFIXES)
+
+
+def sqlite_shim_pattern(template: str) -> re.Pattern[str]:
+    """A regex matching SQLite shim view names made from ``template``.
+
+    ``"{table}__v{version}"`` gives ``^.+__v[0-9A-Za-z_.-]+$``.
+    """
+    parts = re.split(r"(\{table\}|\{version\})", template)
+    out = []
+    for part in parts:
+        if part == "{table}":
+            out.append(".+")
+        elif part == "{version}":
+            out.append(r"[0-9A-Za-z_.-]+")
+        else:
+            out.append(re.escape(part))
+    return re.compile("^" + "".join(out) + "$")
+
+
+# --------------------------------------------------------------------------- taking
+
+_PG_COLUMNS = """
+SELECT c.relname, c.relkind, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ORDER BY c.relname, a.attnum
+"""
+
+_PG_INDEXES = """
+SELECT i.relname, t.relname, pg_catalog.pg_get_indexdef(i.oid)
+FROM pg_catalog.pg_index x
+JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
+WHERE t.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)
+ORDER BY i.relname
+"""
+
+_KINDS = {"r": "table", "p": "partitioned table", "f": "foreign table", "v": "view", "m": "materialized view"}
+
+
+def take_snapshot(connection: Any, dialect: str, schema: str | None,
+                  sqlite_view_template: str = "{table}__v{version}") -> Snapshot:
+    """Read the shape of the managed schema from the catalog (two queries on PostgreSQL, two on SQLite)."""
+    if dialect == "postgresql":
+        return _take_pg(connection, schema or "public")
+    if dialect == "sqlite":
+        return _take_sqlite(connection, sqlite_shim_pattern(sqlite_view_template))
+    raise ValueError(f"unsupported dialect {dialect!r}")
+
+
+def _empty(dialect: str, schema: str | None) -> Snapshot:
+    return {"format": SNAPSHOT_FORMAT, "dialect": dialect, "schema": schema,
+            "tables": {}, "views": {}, "indexes": {}}
+
+
+def _take_pg(connection: Any, schema: str) -> Snapshot:
+    snap = _empty("postgresql", schema)
+    cur = connection.cursor()
+    cur.execute(_PG_COLUMNS, (schema,))
+    for relname, relkind, attname, typ, notnull in cur.fetchall():
+        if is_excluded_name(relname):
+            continue
+        kind = _KINDS[relkind]
+        bucket = snap["views"] if relkind in ("v", "m") else snap["tables"]
+        entry = bucket.get(relname)
+        if entry is None:
+            entry = bucket[relname] = {"kind": kind, "columns": []}
+        entry["columns"].append({"name": attname, "type": typ, "nullable": not notnull})
+    cur.execute(_PG_INDEXES, (schema,))
+    for index, table, definition in cur.fetchall():
+        if is_excluded_name(table) or is_excluded_name(index):
+            continue
+        snap["indexes"][index] = {"table": table, "definition": definition}
+    return snap
+
+
+def _take_sqlite(connection: Any, shim: re.Pattern[str]) -> Snapshot:
+    snap = _empty("sqlite", None)
+    rows = connection.execute(
+        "SELECT m.name, m.type, p.name, p.type, p.\"notnull\", p.pk "
+        "FROM sqlite_master m JOIN pragma_table_info(m.name) p "
+        "WHERE m.type IN ('table', 'view') ORDER BY m.name, p.cid"
+    ).fetchall()
+    for relname, kind, col, typ, notnull, pk in rows:
+        if is_excluded_name(relname) or (kind == "view" and shim.match(relname)):
+            continue
+        bucket = snap["views"] if kind == "view" else snap["tables"]
+        entry = bucket.get(relname)
+        if entry is None:
+            entry = bucket[relname] = {"kind": kind, "columns": []}
+        entry["columns"].append({"name": col, "type": (typ or "").lower(), "nullable": not notnull})
+    # Tables without columns do not exist in SQLite; views with no rows in
+    # pragma_table_info (broken views) are left out, as they cannot be read anyway.
+    for name, table, definition in connection.execute(
+        "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+    ).fetchall():
+        if is_excluded_name(table) or is_excluded_name(name):
+            continue
+        snap["indexes"][name] = {"table": table, "definition": definition or f"(implicit index on {table})"}
+    return snap
+
+
+# --------------------------------------------------------------------------- storing
+
+def _qualified(dialect: str, schema: str | None) -> Any:
+    if dialect == "postgresql":
+        from psycopg import sql
+
+        return sql.Identifier(schema or "public", SNAPSHOT_TABLE)
+    return '"' + SNAPSHOT_TABLE + '"'
+
+
+def ensure_snapshot_table(connection: Any, dialect: str, schema: str | None) -> None:
+    """Create ``_migrate_snapshot`` if it is missing (inside the caller's transaction)."""
+    if dialect == "postgresql":
+        from psycopg import sql
+
+        cur = connection.cursor()
+        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(schema or "public", SNAPSHOT_TABLE).as_string(connection),))
+        if cur.fetchone()[0] is None:
+            cur.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, migration_id text NOT NULL, "
+                "taken_at timestamptz NOT NULL DEFAULT now(), snapshot jsonb NOT NULL)"
+            ).format(_qualified(dialect, schema)))
+    else:
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {_qualified(dialect, schema)} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "migration_id TEXT NOT NULL, taken_at TEXT NOT NULL, snapshot TEXT NOT NULL)"
+        )
+
+
+def store_snapshot(connection: Any, dialect: str, schema: str | None, migration_id: str,
+                   snapshot: Snapshot) -> None:
+    """Insert ``snapshot`` as the expected shape after ``migration_id`` (caller's transaction)."""
+    ensure_snapshot_table(connection, dialect, schema)
+    payload = json.dumps(snapshot, sort_keys=True, separators=(",", ":"))
+    if dialect == "postgresql":
+        from psycopg import sql
+
+        connection.cursor().execute(
+            sql.SQL("INSERT INTO {} (migration_id, snapshot) VALUES (%s, %s::jsonb)").format(
+                _qualified(dialect, schema)),
+            (migration_id, payload),
+        )
+    else:
+        connection.execute(
+            f"INSERT INTO {_qualified(dialect, schema)} (migration_id, taken_at, snapshot) VALUES (?, ?, ?)",
+            (migration_id, datetime.now(timezone.utc).isoformat(), payload),
+        )
+
+
+@dataclass
+class StoredSnapshot:
+    """A row of ``_migrate_snapshot``."""
+
+    migration_id: str
+    taken_at: Any
+    snapshot: Snapshot
+
+
+def snapshot_table_exists(connection: Any, dialect: str, schema: str | None) -> bool:
+    if dialect == "postgresql":
+        from psycopg import sql
+
+        cur = connection.cursor()
+        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(schema or "public", SNAPSHOT_TABLE).as_string(connection),))
+        return cur.fetchone()[0] is not None
+    row = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (SNAPSHOT_TABLE,)
+    ).fetchone()
+    return row is not None
+
+
+def latest_snapshot(connection: Any, dialect: str, schema: str | None) -> StoredSnapshot | None:
+    """The most recently stored snapshot, or None (no table, or no rows)."""
+    if not snapshot_table_exists(connection, dialect, schema):
+        return None
+    query = "SELECT migration_id, taken_at, snapshot FROM {} ORDER BY id DESC LIMIT 1"
+    if dialect == "postgresql":
+        from psycopg import sql
+
+        cur = connection.cursor()
+        cur.execute(sql.SQL(query).format(_qualified(dialect, schema)))
+        row = cur.fetchone()
+    else:
+        row = connection.execute(query.format(_qualified(dialect, schema))).fetchone()
+    if row is None:
+        return None
+    data = row[2] if isinstance(row[2], dict) else json.loads(row[2])
+    return StoredSnapshot(row[0], row[1], data)
+
+
+# --------------------------------------------------------------------------- the hook
+
+class SnapshotHook:
+    """Stores a snapshot of the managed schema inside the migration's transaction.
+
+    Cost model (measured, see docs/diagnose.md): a full snapshot is two
+    catalog queries whose cost grows with the schema (about 0.5 ms for 10
+    tables, several ms for 1,000), which over a run of 1,000 migrations would
+    be quadratic and blow the ~1.5 ms per-migration budget. So the hook takes
+    ONE snapshot per run: in the transaction of the run's last migration
+    (``final_migration_id``), which commits atomically with that migration.
+    For every other migration ``after()`` is a string comparison.
+
+    If ``final_migration_id`` is None the hook snapshots after every
+    migration (simple, fine for short runs and tests).
+
+    On a rollback (``ctx.direction == "rollback"``) the snapshot is stored
+    under the migration that becomes the last applied (``ctx.previous``), or
+    under ``""`` when nothing stays applied.
+
+    A run that stops early (a failed migration) leaves the previous snapshot in
+    place; ``migrate doctor`` then says the snapshot is stale instead of
+    reporting false drift, and ``migrate snapshot`` (or the next successful
+    ``migrate up``) refreshes it.
+    """
+
+    def __init__(self, final_migration_id: str | None = None) -> None:
+        self.final_migration_id = final_migration_id
+
+    def before(self, ctx: MigrationContext) -> None:
+        """Nothing to do before a migration."""
+
+    def after(self, ctx: MigrationContext) -> None:
+        if self.final_migration_id is not None and ctx.migration.id != self.final_migration_id:
+            return
+        if ctx.direction == "rollback":
+            label = ctx.previous.id if ctx.previous is not None else ""
+        else:
+            label = ctx.migration.id
+        template = ctx.settings.compat.sqlite_view_template if ctx.settings is not None else "{table}__v{version}"
+        snap = take_snapshot(ctx.connection, ctx.dialect, ctx.schema, template)
+        store_snapshot(ctx.connection, ctx.dialect, ctx.schema, label, snap)
+        log.debug("snapshot stored", migration=label, tables=len(snap["tables"]))
+
+
+# --------------------------------------------------------------------------- diff
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between an expected and an actual snapshot.
+
+    ``change`` is one of: ``table-added``, ``table-dropped``, ``view-added``,
+    ``view-dropped``, ``column-added``, ``column-dropped``, ``column-retyped``,
+    ``nullability-changed``, ``index-added``, ``index-dropped``,
+    ``index-changed``, ``column-renamed`` (a dropped and an added column of the
+    same type at the same position, reported as one change).
+    ``object`` is ``table`` or ``table.column`` or an index name.
+    """
+
+    change: str
+    object: str
+    detail: str
+    old: str | None = None
+    new: str | None = None
+
+
+def diff_snapshots(expected: Snapshot, actual: Snapshot) -> list[Change]:
+    """What changed from ``expected`` to ``actual``, most significant first."""
+    changes: list[Change] = []
+    for bucket, noun in (("tables", "table"), ("views", "view")):
+        exp, act = expected.get(bucket, {}), actual.get(bucket, {})
+        for name in sorted(set(exp) - set(act)):
+            changes.append(Change(f"{noun}-dropped", name, f"{noun} {name} is missing"))
+        for name in sorted(set(act) - set(exp)):
+            changes.append(Change(f"{noun}-added", name, f"{noun} {name} exists but no migration created it"))
+        for name in sorted(set(exp) & set(act)):
+            changes.extend(_diff_columns(name, exp[name]["columns"], act[name]["columns"]))
+    exp_i, act_i = expected.get("indexes", {}), actual.get("indexes", {})
+    for name in sorted(set(exp_i) - set(act_i)):
+        changes.append(Change("index-dropped", name, f"index {name} on {exp_i[name]['table']} is missing"))
+    for name in sorted(set(act_i) - set(exp_i)):
+        changes.append(Change("index-added", name,
+                              f"index {name} on {act_i[name]['table']} exists but no migration created it"))
+    for name in sorted(set(exp_i) & set(act_i)):
+        if exp_i[name]["definition"] != act_i[name]["definition"]:
+            changes.append(Change("index-changed", name, f"index {name} was redefined",
+                                  exp_i[name]["definition"], act_i[name]["definition"]))
+    return changes
+
+
+def _diff_columns(table: str, expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> list[Change]:
+    exp = {c["name"]: c for c in expected}
+    act = {c["name"]: c for c in actual}
+    dropped = [c for c in expected if c["name"] not in act]
+    added = [c for c in actual if c["name"] not in exp]
+    out: list[Change] = []
+    # A column dropped and one added at the same position with the same type: a rename.
+    exp_pos = {c["name"]: i for i, c in enumerate(expected)}
+    act_pos = {c["name"]: i for i, c in enumerate(actual)}
+    for old in list(dropped):
+        for new in added:
+            if old["type"] == new["type"] and exp_pos[old["name"]] == act_pos[new["name"]]:
+                out.append(Change("column-renamed", f"{table}.{old['name']}",
+                                  f"column {table}.{old['name']} is now named {new['name']}",
+                                  old["name"], new["name"]))
+                dropped.remove(old)
+                added.remove(new)
+                break
+    for col in dropped:
+        out.append(Change("column-dropped", f"{table}.{col['name']}", f"column {table}.{col['name']} is missing"))
+    for col in added:
+        out.append(Change("column-added", f"{table}.{col['name']}",
+                          f"column {table}.{col['name']} ({col['type']}) exists but no migration added it"))
+    for name in exp.keys() & act.keys():
+        e, a = exp[name], act[name]
+        if e["type"] != a["type"]:
+            out.append(Change("column-retyped", f"{table}.{name}",
+                              f"column {table}.{name} is {a['type']}, expected {e['type']}", e["type"], a["type"]))
+        if e["nullable"] != a["nullable"]:
+            want = "nullable" if e["nullable"] else "NOT NULL"
+            got = "nullable" if a["nullable"] else "NOT NULL"
+            out.append(Change("nullability-changed", f"{table}.{name}",
+                              f"column {table}.{name} is {got}, expected {want}", want, got))
+    return out

@@ -1,0 +1,174 @@
+"""Read a migrations folder into ordered, validated MigrationFile records.
+
+Formats: yoyo SQL (``X.sql`` with optional ``X.rollback.sql``), goose SQL
+(``-- +goose Up``/``Down``) and yoyo Python (``step(...)``). Files are read as
+UTF-8 whatever the locale. Order: numeric version prefix (``2_x`` before
+``10_x``), files without one after those by name, then yoyo's stable
+topological sort on ``depends``. Every problem is found before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import types
+from pathlib import Path
+
+from runner.errors import ConfigError, MigrationFileError
+from runner.goose import is_goose, parse_goose
+from runner.migration import Directive, MigrationFile
+from runner.sqlfile import header_directives, split_statements
+
+_VERSION = re.compile(r"^(\d+)")
+_TRUE = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def load_migrations(folder: Path) -> list[MigrationFile]:
+    """All migrations in ``folder``, in the order they apply."""
+    if not folder.is_dir():
+        raise ConfigError(f"migrations folder not found: {folder}")
+    migrations = [read_migration(path) for path in _migration_paths(folder)]
+    _check_unique(migrations)
+    migrations.sort(key=lambda m: (m.version is None, m.version or 0, m.id))
+    if any(m.depends for m in migrations):
+        migrations = _sort_by_depends(migrations)
+    return migrations
+
+
+def _migration_paths(folder: Path) -> list[Path]:
+    paths = []
+    for path in folder.iterdir():
+        name = path.name
+        if name.startswith((".", "_")) or not path.is_file():
+            continue
+        if name.endswith(".rollback.sql") or path.suffix not in (".sql", ".py"):
+            continue
+        paths.append(path)
+    return sorted(paths)
+
+
+def read_text(path: Path) -> str:
+    """File content as text: UTF-8 (BOM removed), line endings normalised to LF."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MigrationFileError(str(path), f"cannot read file: {err.strerror}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise MigrationFileError(str(path), f"not valid UTF-8 (byte 0x{data[err.start]:02x})", line) from None
+    if "\x00" in text:
+        raise MigrationFileError(str(path), "contains a NUL byte", text.count("\n", 0, text.index("\x00")) + 1)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_migration(path: Path) -> MigrationFile:
+    """Read and parse one migration file."""
+    text = read_text(path)
+    match = _VERSION.match(path.name)
+    migration = MigrationFile(
+        id=path.stem,
+        path=str(path),
+        format="python" if path.suffix == ".py" else "sql",
+        checksum=checksum(text),
+        version=int(match.group(1)) if match else None,
+        version_label=match.group(1) if match else None,
+    )
+    if path.suffix == ".py":
+        _load_python(migration, text)
+        return migration
+    migration.directives = header_directives(text)
+    if is_goose(text):
+        goose = parse_goose(text, str(path))
+        migration.format = "goose"
+        migration.up, migration.down = goose.up, goose.down
+        migration.transactional = goose.transactional
+    else:
+        migration.up = split_statements(text)
+        rollback = path.with_name(path.stem + ".rollback.sql")
+        if rollback.is_file():
+            migration.down = split_statements(read_text(rollback))
+    _apply_directives(migration)
+    return migration
+
+
+def _apply_directives(migration: MigrationFile) -> None:
+    for directive in migration.directives:
+        if directive.name == "transactional":
+            value = _TRUE.get(directive.value.strip().lower())
+            if value is None:
+                raise MigrationFileError(
+                    migration.path, f"transactional: expected true or false, got {directive.value!r}", directive.line
+                )
+            migration.transactional = migration.transactional and value
+        elif directive.name == "depends":
+            migration.depends += tuple(directive.value.split())
+
+
+def _load_python(migration: MigrationFile, text: str) -> None:
+    """Run a yoyo Python migration module to collect its steps."""
+    from yoyo.migrations import StepCollector
+
+    collector = StepCollector(migration=None)
+    module = types.ModuleType(migration.id)
+    module.__file__ = migration.path
+    module.step = collector.add_step  # type: ignore[attr-defined]
+    module.group = collector.add_step_group  # type: ignore[attr-defined]
+    module.transaction = collector.add_step_group  # type: ignore[attr-defined]
+    module.__yoyo_collector__ = collector  # type: ignore[attr-defined]
+    module.__directives__ = []  # type: ignore[attr-defined]
+    try:
+        exec(compile(text, migration.path, "exec"), module.__dict__)  # noqa: S102 - migrations are code
+    except SyntaxError as err:
+        raise MigrationFileError(migration.path, f"syntax error: {err.msg}", err.lineno) from None
+    except Exception as err:  # noqa: BLE001 - any import-time failure is a bad file
+        line = None
+        tb = err.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == migration.path:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise MigrationFileError(migration.path, f"failed to load: {type(err).__name__}: {err}", line) from None
+    migration.transactional = bool(getattr(module, "__transactional__", True))
+    depends = getattr(module, "__depends__", ())
+    migration.depends = (depends,) if isinstance(depends, str) else tuple(depends)
+    migration.directives = [Directive(str(n), str(v), 0) for n, v in module.__directives__]
+    migration.python_steps = collector.create_steps(migration.transactional)
+    if not migration.python_steps:
+        raise MigrationFileError(migration.path, "Python migration defines no step()")
+
+
+def _check_unique(migrations: list[MigrationFile]) -> None:
+    by_version: dict[int, MigrationFile] = {}
+    by_id: dict[str, MigrationFile] = {}
+    for m in migrations:
+        if m.id in by_id:
+            raise MigrationFileError(m.path, f"same migration id as {by_id[m.id].path}")
+        by_id[m.id] = m
+        if m.version is not None:
+            if m.version in by_version:
+                raise MigrationFileError(m.path, f"duplicate version {m.version}: also used by {by_version[m.version].path}")
+            by_version[m.version] = m
+
+
+def _sort_by_depends(migrations: list[MigrationFile]) -> list[MigrationFile]:
+    from yoyo.topologicalsort import CycleError, topological_sort
+
+    ids = {m.id: m for m in migrations}
+    for m in migrations:
+        for dep in m.depends:
+            if dep not in ids:
+                raise MigrationFileError(m.path, f"depends on unknown migration '{dep}'")
+    graph = {m.id: {d for d in m.depends} for m in migrations}
+    try:
+        order = list(topological_sort([m.id for m in migrations], graph))
+    except CycleError as err:
+        raise MigrationFileError(migrations[0].path, f"circular depends among: {', '.join(map(str, err.args[1]))}") from None
+    return [ids[i] for i in order]

@@ -1,0 +1,52 @@
+"""Split SQL text into statements with line numbers; read header directives.
+
+Statement splitting is sqlparse's (as in yoyo): it understands quotes,
+``$$``/``$tag$`` bodies and ``DO`` blocks. Directives are full-line comments
+``-- name: value`` before the first statement, for the names in DIRECTIVES.
+"""
+
+from __future__ import annotations
+
+import re
+
+from runner.migration import Directive, Statement
+
+DIRECTIVES = ("depends", "transactional", "compat", "lint")
+_DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES), re.IGNORECASE)
+_COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
+
+
+def split_statements(text: str, first_line: int = 1) -> list[Statement]:
+    """Statements of ``text``; ``first_line`` is the file line ``text`` starts on."""
+    import sqlparse
+
+    statements: list[Statement] = []
+    position = 0
+    for chunk in sqlparse.split(text):
+        if not chunk.strip():
+            continue
+        index = text.find(chunk, position)
+        if index < 0:  # sqlparse normalised something; fall back to the last position
+            index = position
+        position = index + len(chunk)
+        lines = chunk.split("\n")
+        skip = 0
+        while skip < len(lines) and _COMMENT_OR_BLANK.match(lines[skip]):
+            skip += 1
+        if skip == len(lines):
+            continue  # only comments
+        line = first_line + text.count("\n", 0, index) + skip
+        statements.append(Statement(sql=chunk, line=line))
+    return statements
+
+
+def header_directives(text: str) -> list[Directive]:
+    """Directives in the leading comment block of ``text``."""
+    found: list[Directive] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not _COMMENT_OR_BLANK.match(line):
+            break
+        match = _DIRECTIVE.match(line)
+        if match:
+            found.append(Directive(match.group(1).lower(), match.group(2), number))
+    return found
