@@ -7,6 +7,7 @@ printed as one line on stderr with a documented exit code (see runner.errors).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class Invocation:
 
     flags: dict[str, Any]
     databases: tuple[str, ...] = ()
+    out: Any = field(default=None, repr=False)  # the real stdout; sys.stdout is stderr while a command runs
     _settings: Any = field(default=None, repr=False)
 
     @property
@@ -50,9 +52,9 @@ class Invocation:
     def emit(self, data: Any, text: str) -> None:
         """Print ``data`` as one JSON document (--format json) or ``text``."""
         if self.json:
-            click.echo(json.dumps(data, indent=2, default=str))
+            click.echo(json.dumps(data, indent=2, default=str), file=self.out)
         elif text:
-            click.echo(text)
+            click.echo(text, file=self.out)
 
 
 def reorder(argv: Sequence[str]) -> list[str]:
@@ -95,12 +97,17 @@ def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, 
     """Apply database migrations safely from deploy pipelines (yoyo-migrations inside)."""
     from runner import logs
 
+    asks_help = bool(ctx.obj and ctx.obj.get("help"))
     ctx.obj = Invocation(
         flags={"migrations": migrations, "config": config, "format": format_, "log_format": log_format},
         databases=databases,
+        out=sys.stdout,
     )
-    if ctx.invoked_subcommand is not None and "--help" not in sys.argv[1:] and "-h" not in sys.argv[1:]:
+    if ctx.invoked_subcommand is not None and not asks_help:
         logs.configure(log_format or _env_log_format())
+        # Whatever a migration, yoyo or a driver prints must not corrupt `--format json`:
+        # while a command runs, stdout is stderr and only Invocation.emit writes to the real stdout.
+        ctx.with_resource(contextlib.redirect_stdout(sys.stderr))
 
 
 def _env_log_format() -> str:
@@ -249,7 +256,8 @@ _register_extensions()
 def main(argv: Sequence[str] | None = None) -> int:
     args = reorder(sys.argv[1:] if argv is None else argv)
     try:
-        code = cli.main(args=args, prog_name="migrate", standalone_mode=False)
+        code = cli.main(args=args, prog_name="migrate", standalone_mode=False,
+                        obj={"help": "--help" in args or "-h" in args})
     except click.exceptions.Abort:
         click.echo("migrate: error: interrupted", err=True)
         return 130

@@ -55,9 +55,12 @@ def default_hooks(settings: Settings, compat: bool = True) -> list[MigrationHook
     """The hooks `migrate up` runs around each migration."""
     hooks: list[MigrationHook] = []
     if compat and settings.compat.enabled:
-        from compat.hook import CompatHook
-
-        hooks.append(CompatHook(settings))
+        try:  # TEMPORARY until compat.hook lands
+            from compat.hook import CompatHook
+        except ImportError:
+            CompatHook = None  # type: ignore[assignment,misc]
+        if CompatHook is not None:
+            hooks.append(CompatHook(settings))
     from runner.snapshot import SnapshotHook
 
     hooks.append(SnapshotHook())

@@ -28,6 +28,8 @@ class Database:
     dialect: str
     schema: str | None
     url: str  # redacted
+    # Session settings the runner relies on; re-applied after every session reset.
+    session_sql: str | None = None
 
     @property
     def connection(self) -> Any:
@@ -96,7 +98,13 @@ def connect(url: str | DatabaseURL) -> Database:
     try:
         backend = backend_class(uri, MIGRATION_TABLE)
         schema = None
+        session_sql = None
         if parsed.dialect == "postgresql":
+            if backend.connection.info.server_version >= 140000:
+                # A runner killed mid-statement: without this the server keeps running
+                # the statement (holding the advisory lock) until it next talks to the client.
+                session_sql = "SET client_connection_check_interval = 1000"
+                backend.connection.execute(session_sql)
             schema = backend.connection.execute("SELECT current_schema()").fetchone()[0]
             if schema is None:
                 raise DatabaseUnreachable(
@@ -106,7 +114,8 @@ def connect(url: str | DatabaseURL) -> Database:
             backend.connection.execute("PRAGMA busy_timeout = 30000")
     except errors as err:
         raise DatabaseUnreachable(f"cannot connect to {parsed.redacted}: {one_line(err, url if isinstance(url, str) else None)}") from None
-    return Database(backend=backend, dialect=parsed.dialect, schema=schema, url=parsed.redacted)
+    return Database(backend=backend, dialect=parsed.dialect, schema=schema, url=parsed.redacted,
+                    session_sql=session_sql)
 
 
 @contextmanager

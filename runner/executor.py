@@ -10,8 +10,6 @@ one, without releasing the runner's session-level advisory lock.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -43,8 +41,10 @@ class Executor:
 
     def __post_init__(self) -> None:
         self._search_path: str | None = None
+        self._statement_timeout: str | None = None
         if self.db.dialect == "postgresql":
-            self._search_path = self.db.execute("SELECT current_setting('search_path')").fetchone()[0]
+            self._search_path, self._statement_timeout = self.db.execute(
+                "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
 
     # -- public -------------------------------------------------------------------------
     def apply(self, migration: MigrationFile, previous: MigrationFile | None) -> float:
@@ -137,7 +137,7 @@ class Executor:
         yoyo_migration._depends = set()
         if migration.format == "python":
             yoyo_migration.steps = migration.python_steps
-            return _Quiet(yoyo_migration)
+            return yoyo_migration
         collector = StepCollector(migration=yoyo_migration)
         if direction == "apply":
             for statement in migration.up:
@@ -146,17 +146,18 @@ class Executor:
             for statement in reversed(migration.down):
                 collector.add_step(None, _sql_step(statement, tracker))
         yoyo_migration.steps = collector.create_steps(migration.transactional)
-        return _Quiet(yoyo_migration)
+        return yoyo_migration
 
     def _record(self, migration: MigrationFile, direction: str, started: float) -> None:
         duration_ms = int((time.perf_counter() - started) * 1000)
         history.record(self.db, migration, direction, duration_ms)
 
     def _restore_for_bookkeeping(self) -> None:
-        """Undo, for the rest of this transaction, a role or search_path the migration set."""
+        """Undo, for the rest of this transaction, a role, search_path or statement_timeout the migration set."""
         if self.db.dialect == "postgresql":
             self.db.execute("RESET ROLE")
-            self.db.execute("SELECT set_config('search_path', :p, true)", {"p": self._search_path})
+            self.db.execute("SELECT set_config('search_path', :p, true), set_config('statement_timeout', :t, true)",
+                            {"p": self._search_path, "t": self._statement_timeout})
 
     def _reset_session(self) -> None:
         """Session settings a migration changed must not leak into the next one.
@@ -166,6 +167,7 @@ class Executor:
         if self.db.dialect == "postgresql":
             self.db.connection.execute(
                 "RESET ALL; RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; DEALLOCATE ALL; CLOSE ALL; DISCARD TEMP"
+                + (f"; {self.db.session_sql}" if self.db.session_sql else "")
             )
 
     def _recover(self) -> None:
@@ -196,6 +198,7 @@ class Executor:
 
 def _sql_step(statement: Statement, tracker: _Tracker):
     def run(connection: Any) -> None:
+        # Our own step instead of yoyo's string step: yoyo prints result rows to stdout.
         tracker.current = statement
         cursor = connection.cursor()
         try:
@@ -204,15 +207,3 @@ def _sql_step(statement: Statement, tracker: _Tracker):
             cursor.close()
 
     return run
-
-
-class _Quiet:
-    """Run yoyo's process_steps with stdout sent to stderr: yoyo (and Python
-    migrations) print query results, which would corrupt ``--format json``."""
-
-    def __init__(self, migration: Any) -> None:
-        self.migration = migration
-
-    def process_steps(self, backend: Any, direction: str) -> None:
-        with contextlib.redirect_stdout(sys.stderr):
-            self.migration.process_steps(backend, direction)

@@ -39,7 +39,7 @@ def _migration_paths(folder: Path) -> list[Path]:
     paths = []
     for path in folder.iterdir():
         name = path.name
-        if name.startswith((".", "_")) or not path.is_file():
+        if name.startswith((".", "_")) or not (path.is_file() or path.is_symlink()):
             continue
         if name.endswith(".rollback.sql") or path.suffix not in (".sql", ".py"):
             continue

@@ -1,0 +1,321 @@
+"""``migrate adopt goose|golang-migrate|alembic``: take over a database from another tool.
+
+The other tool's history is read and mapped onto the migration files by
+numeric version; the matching migrations are recorded as applied, with their
+checksums, WITHOUT running them. Dry run by default (the mapping is printed);
+``--yes`` applies it, in one transaction, under the runner's lock, and stores
+a schema snapshot as the baseline for ``migrate doctor``.
+
+Refusals (exit 1), each saying what to check:
+- the history names a version that has no file (the files are not the ones
+  this database was built from, or a file was deleted);
+- a gap: a file whose version is below the newest applied version but which
+  the history does not list as applied (``migrate up`` would run it out of
+  order, possibly a second time); ``--allow-gaps`` leaves such files pending;
+- golang-migrate's ``dirty`` flag (a migration failed half-way);
+- the runner's own history already records a migration that the other tool
+  says is not applied.
+
+A missing history table is a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+
+from runner.errors import NOT_AT_HEAD, MigrateError, UsageError
+from runner.migration import MigrationFile
+
+log = structlog.get_logger("migrate.adopt")
+
+TOOLS = ("goose", "golang-migrate", "alembic")
+DEFAULT_TABLES = {"goose": "goose_db_version", "golang-migrate": "schema_migrations", "alembic": "alembic_version"}
+
+
+class AdoptRefused(MigrateError):
+    """The other tool's history and the files disagree; nothing was recorded."""
+
+    exit_code = NOT_AT_HEAD
+
+
+@dataclass
+class ForeignHistory:
+    """What another tool says is applied.
+
+    ``versions``: applied numeric versions (goose); ``upto``: every file up to
+    this version is applied (golang-migrate, numeric alembic); ``revision``:
+    an alembic revision id matched against file names.
+    """
+
+    tool: str
+    table: str
+    versions: list[int] = field(default_factory=list)
+    upto: int | None = None
+    revision: str | None = None
+    dirty: bool = False
+    detail: dict[int, str] = field(default_factory=dict)  # version -> where it came from
+
+
+@dataclass
+class AdoptEntry:
+    version: int | None
+    migration_id: str
+    path: str
+    checksum: str
+    source: str
+
+
+@dataclass
+class AdoptionPlan:
+    tool: str
+    table: str
+    entries: list[AdoptEntry] = field(default_factory=list)  # to record
+    already_recorded: list[str] = field(default_factory=list)
+    stays_pending: list[str] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)  # left pending with --allow-gaps
+    applied: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_text(self) -> str:
+        head = (f"adopted from {self.tool} ({self.table}): recorded {len(self.entries)} migration(s) as applied"
+                if self.applied else
+                f"{self.table} ({self.tool}) -> migrations: dry run, nothing recorded; apply with `migrate adopt "
+                f"{self.tool} --yes`")
+        lines = [head]
+        for e in self.entries:
+            lines.append(f"  {e.source:<28} -> {e.migration_id}  (sha256 {e.checksum[:12]})")
+        for mid in self.already_recorded:
+            lines.append(f"  already recorded by the runner: {mid}")
+        for mid in self.gaps:
+            lines.append(f"  gap, left pending (--allow-gaps): {mid}")
+        if self.stays_pending:
+            lines.append("  stays pending (`migrate up` applies it): " + ", ".join(self.stays_pending))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading the other tool
+
+def _table_columns(db: Any, table: str) -> list[str] | None:
+    """Column names of ``table`` in the runner's schema, None when it does not exist."""
+    if db.dialect == "postgresql":
+        rows = db.execute(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t "
+            "AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            {"s": db.schema, "t": table},
+        ).fetchall()
+    else:
+        rows = db.execute("SELECT name FROM pragma_table_info(:t)", {"t": table}).fetchall()
+    return [r[0] for r in rows] or None
+
+
+def _require(db: Any, tool: str, table: str, needed: Sequence[str]) -> list[str]:
+    columns = _table_columns(db, table)
+    where = f" in schema {db.schema}" if db.schema else ""
+    if columns is None:
+        raise UsageError(f"adopt {tool}: no table {table}{where}: is this a {tool} database? "
+                         f"(use --table if {tool} was configured with another table name)")
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise UsageError(f"adopt {tool}: table {table}{where} has no column(s) {', '.join(missing)}: "
+                         f"not the table {tool} writes (columns: {', '.join(columns)})")
+    return columns
+
+
+def read_goose(db: Any, table: str = "goose_db_version") -> ForeignHistory:
+    """Latest row per version_id; applied when that row has is_applied (version 0 is goose's own)."""
+    _require(db, "goose", table, ("id", "version_id", "is_applied"))
+    rows = db.execute(
+        f"SELECT version_id, is_applied, id FROM {db.qualify(table)} ORDER BY version_id, id"
+    ).fetchall()
+    latest: dict[int, tuple[bool, int]] = {}
+    for version, is_applied, row_id in rows:
+        latest[int(version)] = (bool(is_applied), int(row_id))
+    history = ForeignHistory("goose", table)
+    for version, (is_applied, row_id) in sorted(latest.items()):
+        if version == 0 or not is_applied:
+            continue
+        history.versions.append(version)
+        history.detail[version] = f"goose version {version}"
+    return history
+
+
+def read_golang_migrate(db: Any, table: str = "schema_migrations") -> ForeignHistory:
+    columns = _table_columns(db, table)
+    if columns is not None and "dirty" not in columns and columns == ["version"]:
+        raise UsageError(f"adopt golang-migrate: {table} has a single 'version' column and no 'dirty' column: "
+                         "that is Rails' table, not golang-migrate's")
+    _require(db, "golang-migrate", table, ("version", "dirty"))
+    rows = db.execute(f"SELECT version, dirty FROM {db.qualify(table)}").fetchall()
+    if len(rows) > 1:
+        raise AdoptRefused(f"adopt golang-migrate: {table} has {len(rows)} rows; golang-migrate keeps exactly one")
+    history = ForeignHistory("golang-migrate", table)
+    if rows:
+        history.upto = int(rows[0][0])
+        history.dirty = bool(rows[0][1])
+    return history
+
+
+def read_alembic(db: Any, table: str = "alembic_version") -> ForeignHistory:
+    _require(db, "alembic", table, ("version_num",))
+    rows = [r[0] for r in db.execute(f"SELECT version_num FROM {db.qualify(table)}").fetchall()]
+    if len(rows) > 1:
+        raise AdoptRefused(f"adopt alembic: {table} has {len(rows)} heads ({', '.join(rows)}): merge the "
+                           "branches with alembic first (`alembic merge`), then adopt")
+    history = ForeignHistory("alembic", table)
+    if rows:
+        if re.fullmatch(r"\d+", rows[0]):
+            history.upto = int(rows[0])
+        else:
+            history.revision = rows[0]
+    return history
+
+
+READERS = {"goose": read_goose, "golang-migrate": read_golang_migrate, "alembic": read_alembic}
+
+
+# --------------------------------------------------------------------------- mapping
+
+def plan_adoption(history: ForeignHistory, migrations: Sequence[MigrationFile], recorded: Sequence[str],
+                  allow_gaps: bool = False) -> AdoptionPlan:
+    """Map ``history`` onto ``migrations`` (in apply order); raise AdoptRefused on any disagreement."""
+    tool, table = history.tool, history.table
+    if history.dirty:
+        raise AdoptRefused(
+            f"adopt {tool}: {table} is dirty at version {history.upto}: golang-migrate stopped half-way through "
+            f"that migration. Check which of its statements took effect, finish or undo them by hand, then clear "
+            f"the flag (`migrate force {history.upto}` with golang-migrate's CLI, or "
+            f"UPDATE {table} SET dirty = false) and run adopt again")
+    by_version = {m.version: m for m in migrations if m.version is not None}
+    applied_versions: list[int]
+    if history.revision is not None:
+        match = [m for m in migrations if history.revision in m.id]
+        if len(match) != 1:
+            raise AdoptRefused(
+                f"adopt {tool}: {table} is at revision {history.revision}, and "
+                f"{'no' if not match else str(len(match))} migration file name(s) contain that id: name the "
+                f"file of each alembic revision with a numeric prefix and its revision id "
+                f"(e.g. 017_{history.revision}_add.sql)")
+        cut = migrations.index(match[0])
+        applied_versions = []
+        chosen = list(migrations[: cut + 1])
+        unversioned = [m.id for m in chosen if m.version is None]
+        if unversioned:
+            raise AdoptRefused(f"adopt {tool}: files without a numeric version before {match[0].id}: "
+                               f"{', '.join(unversioned)}")
+        applied_versions = [m.version for m in chosen]  # type: ignore[misc]
+        for v in applied_versions:
+            history.detail[v] = f"alembic <= {history.revision}"
+    elif history.upto is not None:
+        if history.upto not in by_version:
+            raise AdoptRefused(
+                f"adopt {tool}: {table} says version {history.upto} is applied, but no migration file has version "
+                f"{history.upto} (files: {_versions_text(by_version)}): these are not the files this database "
+                "was built from")
+        applied_versions = sorted(v for v in by_version if v <= history.upto)
+        for v in applied_versions:
+            history.detail[v] = f"{tool} <= {history.upto}"
+    else:
+        applied_versions = list(history.versions)
+    no_file = [v for v in applied_versions if v not in by_version]
+    if no_file:
+        raise AdoptRefused(
+            f"adopt {tool}: {table} records version(s) {', '.join(map(str, no_file))} as applied, but no "
+            f"migration file has {'that version' if len(no_file) == 1 else 'those versions'} "
+            f"(files: {_versions_text(by_version)}): restore the missing file(s) before adopting")
+    applied_set = set(applied_versions)
+    newest = max(applied_versions, default=None)
+    recorded_set = set(recorded)
+    plan = AdoptionPlan(tool, table)
+    gaps: list[MigrationFile] = []
+    for m in migrations:
+        if m.version is not None and m.version in applied_set:
+            if m.id in recorded_set:
+                plan.already_recorded.append(m.id)
+            else:
+                plan.entries.append(AdoptEntry(m.version, m.id, m.path, m.checksum,
+                                               history.detail.get(m.version, f"version {m.version}")))
+        elif m.id in recorded_set:
+            continue
+        elif newest is not None and m.version is not None and m.version < newest:
+            gaps.append(m)
+        else:
+            plan.stays_pending.append(m.id)
+    # The runner recording a migration the other tool skipped (below its newest version) means the two
+    # histories disagree; newer ones are simply what `migrate up` applied after an earlier adoption.
+    conflicts = [m.id for m in migrations if m.id in recorded_set and m.version not in applied_set
+                 and (newest is None or m.version is None or m.version < newest)]
+    if conflicts:
+        raise AdoptRefused(
+            f"adopt {tool}: the runner already records {', '.join(sorted(conflicts))} as applied, but {table} does "
+            "not: the two histories disagree. Check the schema, then fix the runner's record with `migrate unmark`"
+            " or the other tool's table")
+    if gaps:
+        names = ", ".join(m.id for m in gaps)
+        if not allow_gaps:
+            raise AdoptRefused(
+                f"adopt {tool}: {table} has a gap: {names} {'is' if len(gaps) == 1 else 'are'} not applied but "
+                f"version {newest} is. Adopting would leave {'it' if len(gaps) == 1 else 'them'} pending and "
+                "`migrate up` would run it after newer migrations (or a second time, if it was applied outside "
+                f"{tool}). Check the schema: if the changes are there, record them too with "
+                f"`migrate mark {' '.join(m.id for m in gaps)}` after adopting with --allow-gaps; if not, "
+                "re-run adopt with --allow-gaps to leave them pending")
+        plan.gaps = [m.id for m in gaps]
+    return plan
+
+
+def _versions_text(by_version: dict[int | None, MigrationFile]) -> str:
+    versions = sorted(v for v in by_version if v is not None)
+    if not versions:
+        return "none with a numeric version"
+    if len(versions) > 6:
+        return f"{len(versions)} versions from {versions[0]} to {versions[-1]}"
+    return ", ".join(map(str, versions))
+
+
+# --------------------------------------------------------------------------- doing it
+
+def adopt(settings: Any, tool: str, *, apply: bool = False, table: str | None = None,
+          allow_gaps: bool = False) -> AdoptionPlan:
+    """Read ``tool``'s history, map it, and (with ``apply``) record the mapping."""
+    from runner import history as runner_history
+    from runner.db import connect, transaction
+    from runner.lock import runner_lock
+    from runner.sources import load_migrations
+
+    if tool not in READERS:
+        raise UsageError(f"adopt: unknown tool {tool!r} (supported: {', '.join(TOOLS)})")
+    migrations = load_migrations(settings.migrations)
+    with connect(settings.database) as db:
+        foreign = READERS[tool](db, table or DEFAULT_TABLES[tool])
+        recorded = [a.migration_id for a in runner_history.read_applied(db)]
+        plan = plan_adoption(foreign, migrations, recorded, allow_gaps)
+        if not apply or not plan.entries:
+            plan.applied = apply
+            return plan
+        with runner_lock(db, settings.lock_wait):
+            runner_history.ensure_tables(db)
+            recorded = [a.migration_id for a in runner_history.read_applied(db)]
+            plan = plan_adoption(READERS[tool](db, table or DEFAULT_TABLES[tool]), migrations, recorded, allow_gaps)
+            by_id = {m.id: m for m in migrations}
+            with transaction(db):
+                for entry in plan.entries:
+                    runner_history.record(db, by_id[entry.migration_id], "mark",
+                                          detail=f"adopted from {tool} ({plan.table}: {entry.source})")
+                last = [m for m in migrations if m.id in set(recorded) | {e.migration_id for e in plan.entries}]
+                if last:
+                    from runner.snapshot import store_snapshot, take_snapshot
+
+                    store_snapshot(db.connection, db.dialect, db.schema, last[-1].id,
+                                   take_snapshot(db.connection, db.dialect, db.schema,
+                                                 settings.compat.sqlite_view_template))
+        plan.applied = True
+        log.info("adopted", tool=tool, recorded=len(plan.entries))
+    return plan

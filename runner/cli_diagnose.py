@@ -1,0 +1,178 @@
+"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``envs``; plus the functions the
+lead-owned commands call (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
+
+Register with ``for command in COMMANDS: cli.add_command(command)``. Each
+command returns its exit code (see docs/diagnose.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner import errors
+
+
+class LintFailed(errors.MigrateError):
+    """``migrate up --lint`` found errors: nothing was applied."""
+
+    exit_code = errors.NOT_AT_HEAD
+
+
+# --------------------------------------------------------------------------- doctor
+@click.command()
+@click.pass_obj
+def doctor(inv: Any) -> int:
+    """Diagnose the database: pending, drift, undone migrations, expired shims, lock holder."""
+    from runner.doctor import diagnose
+
+    with inv.open_database() as db:
+        result = diagnose(db, inv.settings)
+    inv.emit(result.as_list(), result.as_text())
+    return errors.OK if result.healthy else errors.NOT_AT_HEAD
+
+
+@click.command()
+@click.pass_obj
+def snapshot(inv: Any) -> int:
+    """Record the live schema as the expected shape of the last applied migration (for `doctor`)."""
+    from runner.doctor import record_snapshot
+
+    with inv.open_database() as db:
+        last = record_snapshot(db, inv.settings)
+    inv.emit({"snapshot_of": last}, f"snapshot stored as the expected schema after {last or 'no migration'}")
+    return errors.OK
+
+
+# --------------------------------------------------------------------------- adopt
+@click.command()
+@click.argument("tool", type=click.Choice(["goose", "golang-migrate", "alembic"]))
+@click.option("--yes", is_flag=True, help="Record the mapping (default: dry run, print it).")
+@click.option("--table", metavar="NAME", help="The other tool's history table, if not its default name.")
+@click.option("--allow-gaps", is_flag=True,
+              help="Adopt even if the history skips versions below its newest (they stay pending).")
+@click.pass_obj
+def adopt(inv: Any, tool: str, yes: bool, table: str | None, allow_gaps: bool) -> int:
+    """Take over a database migrated by goose, golang-migrate or Alembic, without running anything."""
+    from runner.adopt import adopt as run_adopt
+
+    plan = run_adopt(inv.settings, tool, apply=yes, table=table, allow_gaps=allow_gaps)
+    inv.emit(plan.as_dict(), plan.as_text())
+    return errors.OK
+
+
+# --------------------------------------------------------------------------- lint
+def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
+             paths: Sequence[str] = (), db: Any = None) -> Any:
+    """Lint pending migrations (or every one, or ``paths``); returns a LintReport.
+
+    With a PostgreSQL database, active shims and the server version feed the
+    rules; ``offline`` (or ``paths`` without a database) lints the files alone.
+    """
+    from runner import history
+    from runner.lint import lint_migrations, read_exposed_shims
+    from runner.sources import load_migrations, read_migration
+
+    if paths:
+        migrations = [read_migration(Path(p)) for p in paths]
+    else:
+        migrations = load_migrations(settings.migrations)
+    shims: list[Any] = []
+    server_version = None
+    if not offline:
+        if db is None:
+            from runner.db import connect
+
+            with connect(settings.database) as own:
+                return run_lint(settings, all_files=all_files, paths=paths, db=own)
+        if db.dialect != "postgresql":
+            raise errors.UsageError(
+                f"lint checks PostgreSQL migrations, and {db.url} is SQLite: use `migrate lint --all --offline` "
+                "to lint the files anyway")
+        server_version = int(db.execute("SHOW server_version_num").fetchone()[0])
+        shims = read_exposed_shims(db.connection, db.schema)
+        if not all_files and not paths:
+            applied = {a.migration_id for a in history.read_applied(db)}
+            migrations = [m for m in migrations if m.id not in applied]
+    return lint_migrations(migrations, settings.lint_disable, settings.renames, shims, server_version)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--all", "all_files", is_flag=True, help="Lint every migration, not only pending ones.")
+@click.option("--offline", is_flag=True,
+              help="Do not connect: lint the files alone (implies --all; no shim rule, server version unknown).")
+@click.pass_obj
+def lint(inv: Any, paths: tuple[str, ...], all_files: bool, offline: bool) -> int:
+    """Report unsafe operations in pending PostgreSQL migrations (or --all, or the given files)."""
+    report = run_lint(inv.settings, all_files=all_files or offline, offline=offline, paths=paths)
+    inv.emit(report.as_dict(), _relative(report.as_text()))
+    return errors.NOT_AT_HEAD if report.errors else errors.OK
+
+
+def _relative(text: str) -> str:
+    cwd = str(Path.cwd()) + "/"
+    return text.replace(cwd, "")
+
+
+def lint_gate(inv: Any) -> None:
+    """For ``migrate up --lint``: lint what is pending; print findings on stderr; raise LintFailed on errors."""
+    report = run_lint(inv.settings)
+    if report.findings:
+        click.echo(_relative("\n".join(f.as_text() for f in report.findings)), err=True)
+    if report.errors:
+        raise LintFailed(f"lint: {len(report.errors)} error(s) in pending migrations: nothing applied "
+                         "(fix them, or disable a rule with `-- lint: disable=RULE`)")
+
+
+# --------------------------------------------------------------------------- verify --consumer
+def verify_consumers(inv: Any, consumers: Sequence[str]) -> int:
+    """For ``migrate verify --consumer FILE ...``: print the result, return 0 (all served) or 1."""
+    from runner.contracts import load_contracts, verify_consumers as check
+
+    load_contracts(consumers)  # bad files fail (exit 2) before any connection
+    with inv.open_database() as db:
+        report = check(db, inv.settings, consumers)
+    if report.ok:
+        inv.emit(report.as_dict(), report.as_text())
+        return errors.OK
+    inv.emit(report.as_dict(), "" if inv.json else report.as_text())
+    for result in report.results:
+        if not result.ok:
+            for reason in result.reasons:
+                click.echo(f"migrate: verify: {result.consumer}: {reason}", err=True)
+    return errors.NOT_AT_HEAD
+
+
+# --------------------------------------------------------------------------- several environments
+def multi_status(inv: Any, targets: Sequence[str]) -> int:
+    """For ``migrate status --database URL --database URL`` (or environment names): one row each."""
+    from runner import multienv
+    from runner.config import load_settings
+
+    settings = load_settings(dict(inv.flags, database=None))
+    rows = multienv.status_rows(multienv.parse_targets(targets, settings.environments), settings)
+    if settings.format == "json":
+        click.echo(__import__("json").dumps({"environments": multienv.as_json(rows)}, indent=2, default=str))
+    else:
+        click.echo(multienv.render(rows))
+    return multienv.exit_code(rows)
+
+
+@click.command()
+@click.argument("targets", nargs=-1, metavar="[NAME|URL]...")
+@click.pass_obj
+def envs(inv: Any, targets: tuple[str, ...]) -> int:
+    """Status of several databases: configured [environments] (default: all of them) or URLs."""
+    from runner.config import load_settings
+
+    settings = load_settings(dict(inv.flags, database=None))
+    if not targets and not settings.environments:
+        raise errors.UsageError("envs: no [environments] in the config and no NAME or URL given")
+    return multi_status(inv, targets)
+
+
+COMMANDS = [doctor, snapshot, adopt, lint, envs]

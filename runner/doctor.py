@@ -1,0 +1,328 @@
+"""``migrate doctor``: what is wrong with this database, in plain words, each with its fix.
+
+It compares the live schema with the snapshot stored after the last applied
+migration (see :mod:`runner.snapshot`) and with the migration files, and
+reads the shim registry and the runner's lock. It never writes anything.
+
+Finding kinds (``severity`` "error" unless noted; exit 1 when any error):
+
+- ``not-managed``: the runner has never touched this database (no
+  ``_migrate_history``); names another tool's history table when there is one.
+- ``lock-held``: the runner's advisory lock (PostgreSQL) or lock file (SQLite)
+  is held, and by whom.
+- ``pending``: migrations on disk not applied yet.
+- ``modified-file`` / ``missing-file``: an applied migration's file changed or
+  disappeared.
+- ``effect-missing``: a migration is recorded as applied but what it did is
+  gone from the schema (reverted by hand?).
+- ``drift``: the schema changed outside migrations (tables, columns, types,
+  nullability, indexes).
+- ``shim-expired``: an active compat shim is past its expiry.
+- ``no-snapshot`` / ``stale-snapshot`` (info): drift cannot be checked yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from runner.snapshot import Change, diff_snapshots, latest_snapshot, take_snapshot
+
+OTHER_TOOLS = {
+    "goose_db_version": ("goose", "migrate adopt goose"),
+    "schema_migrations": ("golang-migrate (or Rails)", "migrate adopt golang-migrate"),
+    "alembic_version": ("Alembic", "migrate adopt alembic"),
+    "_yoyo_migration": ("yoyo's own CLI", "migrate mark ID... (the ids yoyo applied, see `yoyo list`)"),
+    "flyway_schema_history": ("Flyway", "migrate mark ID... (the versions Flyway applied)"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``kind`` (machine name), ``object`` (what), ``detail`` (plain words), ``fix`` (a command)."""
+
+    kind: str
+    object: str
+    detail: str
+    fix: str
+    severity: str = "error"
+
+    def as_text(self) -> str:
+        tag = self.kind.upper() if self.severity == "error" else f"{self.kind} (info)"
+        return f"{tag}: {self.detail}\n    fix: {self.fix}"
+
+
+@dataclass
+class Diagnosis:
+    findings: list[Finding] = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    def as_list(self) -> list[dict[str, Any]]:
+        return [asdict(f) for f in self.findings]
+
+    def as_text(self) -> str:
+        lines = [f.as_text() for f in self.findings]
+        if self.healthy:
+            lines.append(f"healthy: {self.summary}" if self.summary else "healthy")
+        else:
+            errors = sum(1 for f in self.findings if f.severity == "error")
+            lines.append(f"{errors} problem(s) found")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- pieces
+
+def _table_exists(db: Any, name: str) -> bool:
+    from runner.history import table_exists
+
+    return table_exists(db, name)
+
+
+def _label(m: Any) -> str:
+    return m.version_label or m.id
+
+
+def lock_finding(db: Any) -> Finding | None:
+    """Who holds the runner's lock, with enough to find them."""
+    if db.dialect == "postgresql":
+        from runner.lock import lock_key
+
+        classid, objid = lock_key(db)
+        row = db.execute(
+            "SELECT a.pid, a.usename, a.application_name, host(a.client_addr), a.backend_start, a.state, "
+            "a.query_start, left(a.query, 200), now() - a.query_start "
+            "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :c AND l.objid = :o "
+            "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+            "AND l.pid <> pg_backend_pid()",
+            {"c": classid, "o": objid},
+        ).fetchone()
+        if row is None:
+            return None
+        pid, user, app, addr, started, state, query_start, query, running = row
+        running_s = f", current statement running for {int(running.total_seconds())}s" if running else ""
+        return Finding(
+            "lock-held", f"pid {pid}",
+            f"the migration lock is held by pid {pid} (user {user}, application_name {app!r}, client "
+            f"{addr or 'local socket'}, connected {started:%Y-%m-%d %H:%M:%S}, state {state}{running_s}; "
+            f"last statement: {' '.join((query or '').split())[:120]!r}): a migration run is in progress",
+            f"wait for it; if that process is gone or stuck: SELECT pg_terminate_backend({pid}) "
+            "(the lock is released with the session)")
+    import fcntl
+    import os
+
+    path = getattr(getattr(db.backend, "uri", None), "database", None)
+    if not path or not os.path.exists(path + ".lock"):
+        return None
+    fd = os.open(path + ".lock", os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            return Finding("lock-held", f"pid {pid}",
+                           f"the migration lock file {path}.lock is held by pid {pid}: a migration run is in "
+                           "progress", f"wait for it; if pid {pid} is stuck, stop it (the lock goes with it)")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def not_managed_finding(db: Any) -> Finding:
+    """The database has no runner history: say what it has and how to take it over."""
+    where = f"schema {db.schema}" if db.schema else "the database"
+    for table, (tool, command) in OTHER_TOOLS.items():
+        if _table_exists(db, table):
+            return Finding(
+                "not-managed", table,
+                f"the runner has never touched this database (no _migrate_history in {where}); it has {table}, "
+                f"so it was migrated with {tool}",
+                f"`{command}` shows how that history maps onto the migration files (dry run); add --yes to "
+                "record it" if command.startswith("migrate adopt") else f"`{command}`")
+    live = take_snapshot(db.connection, db.dialect, db.schema)
+    if live["tables"] or live["views"]:
+        return Finding(
+            "not-managed", where,
+            f"the runner has never touched this database (no _migrate_history in {where}) but it already has "
+            f"{len(live['tables'])} table(s) and {len(live['views'])} view(s)",
+            "record the migrations whose changes are already there with `migrate mark ID...` (or `migrate adopt "
+            "goose|golang-migrate|alembic` if another tool built it), then `migrate up`")
+    return Finding("not-managed", where,
+                   f"the runner has never touched this database (no _migrate_history in {where}); it is empty",
+                   "`migrate up` applies every migration")
+
+
+_RENAME_SQL = r"rename\s+(?:column\s+)?\"?{old}\"?\s+to\s+\"?{new}\"?"
+
+
+def _who_did(migrations: Sequence[Any], change: Change) -> Any | None:
+    """The applied migration whose effect ``change`` undoes, or None (then it is drift)."""
+    parts = change.object.split(".")
+    table = parts[0]
+    if change.change == "column-renamed":
+        # expected column name = old (from the snapshot), live = new. A migration renamed live -> expected.
+        expected, live = change.old or "", change.new or ""
+        rx = re.compile(_RENAME_SQL.format(old=re.escape(live), new=re.escape(expected)), re.I)
+        for m in reversed(list(migrations)):
+            for d in m.directives_named("compat"):
+                match = re.match(r"\s*rename\s+(\S+)\s*->\s*(\S+)", d.value)
+                if match and match.group(1).split(".")[-1] == live and match.group(2) == expected:
+                    return m
+            if any(rx.search(s.sql) for s in m.up):
+                return m
+        return None
+    if change.change in ("column-retyped", "nullability-changed"):
+        column = re.escape(parts[1])
+        verb = (r"(set\s+data\s+)?type" if change.change == "column-retyped" else r"(set|drop)\s+not\s+null")
+        rx = re.compile(r"alter\s+(column\s+)?\"?" + column + r"\"?\s+" + verb, re.I)
+        for m in reversed(list(migrations)):
+            if any(rx.search(s.sql) and re.search(r"(?<!\w)" + re.escape(table) + r"(?!\w)", s.sql) for s in m.up):
+                return m
+        return None
+    if change.change not in ("column-dropped", "table-dropped", "view-dropped", "index-dropped"):
+        return None
+    words = [table] if len(parts) == 1 else [table, parts[1]]
+    if change.change == "index-dropped":
+        words = [change.object]
+    pats = [re.compile(r"(?<![\w$])" + re.escape(w) + r"(?![\w$])", re.I) for w in words]
+    for m in reversed(list(migrations)):
+        text = "\n".join(s.sql for s in m.up)
+        if all(p.search(text) for p in pats):
+            return m
+    return None
+
+
+def schema_findings(changes: Sequence[Change], applied: Sequence[Any]) -> list[Finding]:
+    """Turn snapshot differences into findings; attribute undone effects to their migration."""
+    findings: list[Finding] = []
+    for change in changes:
+        owner = _who_did(applied, change)
+        if owner is not None:
+            table = change.object.split(".")[0]
+            if change.change == "column-renamed":
+                what = f"column {table}.{change.new} is present and {change.old} is missing"
+                fix = (f"if the revert was not intended: ALTER TABLE {table} RENAME COLUMN {change.new} TO "
+                       f"{change.old} (what {owner.id} did)")
+            else:
+                what = change.detail
+                fix = (f"if the revert was not intended, redo it as {owner.path} does; if it was, write a "
+                       "migration that makes it and run `migrate up`")
+            findings.append(Finding(
+                "effect-missing", owner.id,
+                f"{owner.id} is recorded as applied but its effect is missing: {what} (reverted by hand?)", fix))
+        else:
+            findings.append(Finding(
+                "drift", change.object, f"changed outside migrations: {change.detail}"
+                + (f" (was {change.old}, now {change.new})" if change.change == "index-changed" else ""),
+                "undo it by hand, or keep it: write a migration that makes it (IF NOT EXISTS) and record the "
+                "live schema with `migrate snapshot`"))
+    return findings
+
+
+def shim_findings(db: Any) -> list[Finding]:
+    from runner.contracts import active_shims
+
+    out = []
+    for shim in active_shims(db.connection, db.dialect, db.schema):
+        if shim.expired:
+            out.append(Finding(
+                "shim-expired", shim.name,
+                f"shim {shim.name} ({shim.table_name}.{shim.old_name} -> {shim.new_name}"
+                f"{', schema ' + shim.schema_name if shim.schema_name else ''}) expired at {shim.expires_at}: "
+                "consumers still reading the old names must have moved by now",
+                f"`migrate shims drop {shim.name}` once nobody uses it (`migrate shims audit` shows who), or "
+                f"`migrate shims extend {shim.name} --by 7d --reason \"...\"`"))
+    return out
+
+
+# --------------------------------------------------------------------------- the whole check
+
+def diagnose(db: Any, settings: Any) -> Diagnosis:
+    """Every check, on an open Database; read-only."""
+    from runner import history
+    from runner.sources import load_migrations
+    from runner.status import compute
+
+    diagnosis = Diagnosis()
+    lock = lock_finding(db)
+    if lock:
+        diagnosis.findings.append(lock)
+    if not _table_exists(db, history.HISTORY):
+        diagnosis.findings.append(not_managed_finding(db))
+        return diagnosis
+    files = load_migrations(settings.migrations)
+    applied_rows = history.read_applied(db)
+    state = compute(files, applied_rows)
+    applied_ids = {a.migration_id for a in applied_rows}
+    applied = [m for m in files if m.id in applied_ids]
+    at = _label(applied[-1]) if applied else "nothing applied"
+    if state.pending:
+        shown = ", ".join(state.pending[:5]) + (f" and {len(state.pending) - 5} more" if len(state.pending) > 5 else "")
+        verb = "is" if len(state.pending) == 1 else "are"
+        diagnosis.findings.append(Finding(
+            "pending", state.pending[0],
+            f"database is at {at}; {shown} {verb} pending", "run `migrate up`"))
+    for mod in state.modified:
+        diagnosis.findings.append(Finding(
+            "modified-file", mod.id,
+            f"{mod.path}: {mod.id} changed since it was applied (recorded sha256 {mod.recorded_checksum[:12]}, "
+            f"file {mod.file_checksum[:12]})",
+            f"restore the file as applied (git), or record the new content with `migrate rehash {mod.id}`"))
+    for mid in state.missing:
+        diagnosis.findings.append(Finding(
+            "missing-file", mid, f"{mid} is recorded as applied but its file is missing from {settings.migrations}",
+            f"restore the file, or forget it with `migrate unmark {mid}`"))
+
+    stored = latest_snapshot(db.connection, db.dialect, db.schema)
+    last_id = applied[-1].id if applied else (applied_rows[-1].migration_id if applied_rows else "")
+    if stored is None:
+        diagnosis.findings.append(Finding(
+            "no-snapshot", last_id or "-",
+            "no schema snapshot is stored yet (migrations applied by `mark`/`adopt` before snapshots, or by an "
+            "older runner): changes made outside migrations cannot be detected",
+            "`migrate snapshot` records the live schema as the expected shape (check it is right first)",
+            "info"))
+    elif stored.migration_id != last_id:
+        diagnosis.findings.append(Finding(
+            "stale-snapshot", last_id or "-",
+            f"the stored snapshot is of {stored.migration_id or 'an empty history'} but the last applied migration "
+            f"is {last_id or 'none'} (a run stopped early, or history edited by mark/unmark): drift not checked",
+            "the next successful `migrate up` refreshes it; or `migrate snapshot` records the live schema now",
+            "info"))
+    else:
+        live = take_snapshot(db.connection, db.dialect, db.schema, settings.compat.sqlite_view_template)
+        diagnosis.findings.extend(schema_findings(diff_snapshots(stored.snapshot, live), applied))
+    diagnosis.findings.extend(shim_findings(db))
+    if diagnosis.healthy:
+        diagnosis.summary = (f"database is at {at} (head), no file modified or missing"
+                             + (", schema matches the snapshot" if stored is not None and stored.migration_id == last_id
+                                else "") + ", no expired shim, lock free")
+    return diagnosis
+
+
+def record_snapshot(db: Any, settings: Any) -> str:
+    """Store the live schema as the expected shape of the last applied migration; returns its id."""
+    from runner import history
+    from runner.db import transaction
+    from runner.errors import UsageError
+    from runner.sources import load_migrations
+    from runner.snapshot import store_snapshot
+
+    if not _table_exists(db, history.HISTORY):
+        raise UsageError("snapshot: the runner has never touched this database (no _migrate_history): "
+                         "run `migrate doctor` for what to do first")
+    files = load_migrations(settings.migrations)
+    applied_ids = {a.migration_id for a in history.read_applied(db)}
+    applied = [m.id for m in files if m.id in applied_ids]
+    last = applied[-1] if applied else ""
+    with transaction(db):
+        store_snapshot(db.connection, db.dialect, db.schema, last,
+                       take_snapshot(db.connection, db.dialect, db.schema, settings.compat.sqlite_view_template))
+    return last

@@ -1,0 +1,34 @@
+"""Small helpers shared by the runner tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+
+
+def write_migrations(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_text(content, encoding="utf-8")
+    return folder
+
+
+def tables(url: str, schema: str = "public") -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def history(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('public._migrate_history')").fetchone()[0]
+        if exists is None:
+            return []
+        rows = conn.execute("SELECT migration_id FROM public._migrate_history ORDER BY migration_id").fetchall()
+    return [r[0] for r in rows]
+
+
+def scalar(url: str, query: str, params: tuple = ()) -> object:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchone()[0]
