@@ -234,6 +234,26 @@ def _mentions(migrations: Sequence[Any], table: str, column: str | None) -> Any 
     return None
 
 
+def _introduced_by(migrations: Sequence[Any], table: str, column: str) -> Any | None:
+    """The last migration that adds ``column`` to ``table`` (ADD COLUMN, RENAME ... TO, CREATE TABLE),
+    else the last one that mentions both."""
+    col = r"\"?" + re.escape(column) + r"\"?(?![\w$])"
+    tab = re.compile(r"(?<![\w$])" + re.escape(table) + r"(?![\w$])", re.I)
+    adds = re.compile(r"(add\s+(column\s+)?(if\s+not\s+exists\s+)?" + col + r"|rename\s+(column\s+)?\S+\s+to\s+"
+                      + col + r")", re.I)
+    creates = re.compile(r"create\s+table\s+(if\s+not\s+exists\s+)?(\S+\.)?\"?" + re.escape(table) + r"\"?\s*\(", re.I)
+    mention = re.compile(r"(?<![\w$])" + re.escape(column) + r"(?![\w$])", re.I)
+    for m in reversed(list(migrations)):
+        for s in m.up:
+            if tab.search(s.sql) and (adds.search(s.sql) or (creates.search(s.sql) and mention.search(s.sql))):
+                return m
+        for d in m.directives_named("compat"):
+            match = re.match(r"\s*rename\s+(\S+)\s*->\s*(\S+)", d.value)
+            if match and match.group(2) == column and match.group(1).split(".")[-2:-1] == [table]:
+                return m
+    return _mentions(migrations, table, column)
+
+
 def _renamed_away(migrations: Sequence[Any], table: str, column: str) -> tuple[Any, str] | None:
     pattern = re.compile(r"rename\s+(?:column\s+)?\"?" + re.escape(column) + r"\"?\s+to\s+\"?(\w+)", re.I)
     for m in reversed(list(migrations)):
@@ -287,7 +307,7 @@ def _problems(need: TableNeed, have: list[str] | None, hist: _History, shimmed: 
     for col in need.columns:
         if col in have:
             continue
-        adder = _mentions(hist.pending, table, col)
+        adder = _introduced_by(hist.pending, table, col) if _mentions(hist.pending, table, col) else None
         if adder is not None:
             pending_ids = ", ".join(_label(m) for m in hist.pending[: hist.pending.index(adder) + 1])
             reasons.append(f"{col} missing from {table}: database is at {hist.at or 'nothing applied'}; "
@@ -305,7 +325,7 @@ def _problems(need: TableNeed, have: list[str] | None, hist: _History, shimmed: 
         for col in have:
             if col in need.columns:
                 continue
-            adder = _mentions(hist.applied, table, col)
+            adder = _introduced_by(hist.applied, table, col)
             origin = f" (added by {_label(adder)}, {adder.id})" if adder is not None else ""
             reasons.append(f"strict SELECT * on {table} would get extra column {col}{origin}: sqlx fails with "
                            f"\"missing destination name {col}\"")

@@ -172,3 +172,15 @@ def private_target(private_cluster: PrivateCluster) -> Iterator[Target]:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     except psycopg.Error:
         pass  # the cluster is removed at the end of the session anyway
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long variants (marked ``slow``) run only with MIGRATE_LONG_TESTS=1; otherwise they are
+    deselected (not skipped): the default variant already exercises every fault kind."""
+    if harness.LONG:
+        return
+    here = Path(__file__).parent
+    dropped = [i for i in items if i.get_closest_marker("slow") and here in Path(str(i.fspath)).parents]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]

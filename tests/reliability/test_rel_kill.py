@@ -1,0 +1,147 @@
+"""SIGKILL of `migrate up` at random moments: never half-applied, never wedged, no stale lock.
+
+Each run starts `migrate up` of the 20-migration kill set on an empty database
+in a subprocess and SIGKILLs it after a random delay spread over the whole run
+(startup, lock, inside slow statements, between migrations, around COMMIT).
+After each kill: the killed session disappears and leaves no advisory lock;
+the database holds a prefix of the set, each migration fully applied and
+recorded or not at all (catalog vs _migrate_history, _migrate_log, yoyo's rows,
+the ledger, the shim and its registry row); the next `migrate up` completes
+with no manual step and `migrate verify` passes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from reliability import harness, sets
+from reliability.harness import FIGURES, Spawned, db_args, run
+
+KILLS = harness.scaled(50, 300)
+
+
+def _compat_args() -> list[str]:
+    return [] if harness.compat_ready() else ["--no-compat"]
+
+
+def _phase(target) -> str:
+    """Where the runner is right now, as seen by the server."""
+    found = harness.rows(target.admin, "SELECT state, xact_start IS NOT NULL FROM pg_stat_activity "
+                                       "WHERE datname = %s AND application_name = 'migrate'", (target.name,))
+    if not found:
+        return "not connected"
+    state, in_xact = found[0]
+    return "inside a migration transaction" if in_xact else f"connected, {state}"
+
+
+def test_sigkill_at_random_moments_leaves_a_clean_prefix(target, folder):
+    ids = sets.write_kill_set(folder)
+    shims = harness.compat_ready()
+    args = db_args(target.url, folder, "up", *_compat_args())
+    rng = random.Random(int(time.time()))
+    # How long a full run takes here: kills are spread over [0, that + 20%].
+    baseline = run(*args)
+    assert baseline.returncode == 0, baseline.describe()
+    full = baseline.seconds
+    with target.admin_conn() as conn:
+        assert sets.check_prefix(conn, ids, shims) == len(ids)
+    sets.reset(target.admin, target.role)
+
+    landed = 0
+    attempts = 0
+    phases: dict[str, int] = {}
+    prefixes: set[int] = set()
+    while landed < KILLS:
+        attempts += 1
+        assert attempts <= KILLS * 3, f"only {landed} of {attempts} kills landed while `migrate up` ran"
+        proc = Spawned(*args)
+        time.sleep(rng.uniform(0.0, full * 1.2))
+        phase = _phase(target)
+        if not proc.kill():
+            # It finished first: a normal, complete run.
+            assert proc.wait().returncode == 0, proc.result.describe()
+            sets.reset(target.admin, target.role)
+            continue
+        landed += 1
+        phases[phase] = phases.get(phase, 0) + 1
+        harness.wait_for_sessions_gone(target.admin, target.name)
+        assert harness.advisory_locks(target.admin, target.name) == [], "a lock outlived the killed runner"
+        with target.admin_conn() as conn:
+            k = sets.check_prefix(conn, ids, shims)
+        prefixes.add(k)
+        # The next run finishes the job, with no manual step.
+        again = run(*args)
+        assert again.returncode == 0, again.describe()
+        with target.admin_conn() as conn:
+            assert sets.check_prefix(conn, ids, shims) == len(ids)
+        verify = run(*db_args(target.url, folder, "verify"))
+        assert verify.returncode == 0, verify.describe()
+        assert harness.advisory_locks(target.admin, target.name) == []
+        sets.reset(target.admin, target.role)
+
+    # The kills really were spread over the run: inside transactions and at several prefixes.
+    assert phases.get("inside a migration transaction", 0) >= max(3, KILLS // 10), phases
+    assert len(prefixes) >= 5, f"kills landed at too few points of the run: {sorted(prefixes)}"
+    FIGURES.add("sigkill", injected=landed, survived=landed, inside_transaction=phases.get(
+        "inside a migration transaction", 0), distinct_prefixes=len(prefixes), half_applied=0)
+
+
+def test_sigkill_inside_a_slow_statement_and_right_after_a_commit(target, folder):
+    """The two moments the runner issue names, hit deliberately rather than by chance."""
+    ids = sets.write_kill_set(folder)
+    shims = harness.compat_ready()
+    args = db_args(target.url, folder, "up", *_compat_args())
+
+    # 1. Inside the slow statement of the rename migration (its shim is being built in the same transaction).
+    proc = Spawned(*args)
+    harness.wait_until(lambda: harness.runner_backend(target.admin, target.name,
+                                                      "query LIKE '%%pg_sleep%%' AND state = 'active'"),
+                       timeout=30, what="the runner inside pg_sleep")
+    assert proc.kill()
+    harness.wait_for_sessions_gone(target.admin, target.name)
+    assert harness.advisory_locks(target.admin, target.name) == []
+    with target.admin_conn() as conn:
+        k = sets.check_prefix(conn, ids, shims)
+    assert 0 < k < len(ids)
+
+    # 2. Right after a commit: as soon as the history grows, kill.
+    proc = Spawned(*args)
+    with target.admin_conn() as conn:
+        harness.wait_until(lambda: len(harness.history_ids(conn)) > k, timeout=30, interval=0.002,
+                           what="one more migration committed")
+    assert proc.kill()
+    harness.wait_for_sessions_gone(target.admin, target.name)
+    assert harness.advisory_locks(target.admin, target.name) == []
+    with target.admin_conn() as conn:
+        k2 = sets.check_prefix(conn, ids, shims)
+    assert k2 > k
+
+    again = run(*args)
+    assert again.returncode == 0, again.describe()
+    with target.admin_conn() as conn:
+        assert sets.check_prefix(conn, ids, shims) == len(ids)
+    FIGURES.add("sigkill", injected=2, survived=2, inside_transaction=1, half_applied=0)
+
+
+@pytest.mark.slow
+def test_sigkill_chained_without_completing_in_between(target, folder):
+    """Long variant: kill after kill on the same database, each run resuming where the last died."""
+    ids = sets.write_kill_set(folder)
+    shims = harness.compat_ready()
+    args = db_args(target.url, folder, "up", *_compat_args())
+    rng = random.Random()
+    kills = 0
+    for _ in range(200):
+        proc = Spawned(*args)
+        time.sleep(rng.uniform(0.2, 0.8))
+        if proc.kill():
+            kills += 1
+        harness.wait_for_sessions_gone(target.admin, target.name)
+        assert harness.advisory_locks(target.admin, target.name) == []
+        with target.admin_conn() as conn:
+            if sets.check_prefix(conn, ids, shims) == len(ids):
+                sets.reset(target.admin, target.role)
+    FIGURES.add("sigkill", injected=kills, survived=kills, half_applied=0)
