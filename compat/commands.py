@@ -1,8 +1,8 @@
 """Library API behind ``migrate shims ...``: each function takes an open database and returns records.
 
-``db`` is a :class:`runner.db.Database` (anything with ``connection``,
-``dialect`` and ``schema``). Functions that change something run their own
-transaction; read-only ones run in autocommit.
+``db`` is a :class:`runner.db.Database`. Functions that change something run
+their own transaction (:func:`runner.db.transaction`); read-only ones run in
+autocommit.
 
 * :func:`list_shims`, :func:`audit`, :func:`active_summary`: read the registry.
 * :func:`drop`: removes shim views (and the compat schema once empty),
@@ -15,26 +15,23 @@ transaction; read-only ones run in autocommit.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
+from compat.declarations import quote_ident
 from compat.registry import Registry, Route, Shim
+from runner.db import transaction
 from runner.errors import DriftError, LockTimeout, UsageError
 
+if TYPE_CHECKING:
+    from runner.db import Database
+
 log = structlog.get_logger("migrate.compat")
-
-
-class DatabaseLike(Protocol):
-    connection: Any
-    dialect: str
-    schema: str | None
 
 
 class ShimsExpired(DriftError):
@@ -126,27 +123,8 @@ class ConnectInfo:
 
 
 # -- plumbing -----------------------------------------------------------------------
-@contextmanager
-def transaction(connection: Any) -> Iterator[None]:
-    """BEGIN ... COMMIT on an autocommit connection (psycopg 3 or sqlite3); ROLLBACK on error."""
-    connection.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-def _registry(db: DatabaseLike) -> Registry:
+def _registry(db: Database) -> Registry:
     return Registry(db.connection, db.dialect, db.schema)
-
-
-def _quote_ident(name: str) -> str:
-    """PostgreSQL quote_ident: bare when safe, else double-quoted."""
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def split_setting(value: str) -> list[str]:
@@ -199,14 +177,14 @@ def _find(registry: Registry, names: Sequence[str], status: str = "active") -> l
 
 
 # -- read ---------------------------------------------------------------------------
-def list_shims(db: DatabaseLike, status: str | None = None) -> list[Shim]:
+def list_shims(db: Database, status: str | None = None) -> list[Shim]:
     """Every shim in the registry (or only ``active``/``dropped`` ones), oldest first."""
     if status not in (None, "active", "dropped"):
         raise UsageError(f"status: expected active or dropped, got {status!r}")
     return _registry(db).shims(status)
 
 
-def audit(db: DatabaseLike, warn_within: timedelta = timedelta(days=7)) -> AuditReport:
+def audit(db: Database, warn_within: timedelta = timedelta(days=7)) -> AuditReport:
     """Active shims past expiry (``expired``) and those expiring within ``warn_within``."""
     registry = _registry(db)
     now = registry.now()
@@ -216,7 +194,7 @@ def audit(db: DatabaseLike, warn_within: timedelta = timedelta(days=7)) -> Audit
     return AuditReport(now, warn_within, active, expired, expiring)
 
 
-def check_not_expired(db: DatabaseLike) -> None:
+def check_not_expired(db: Database) -> None:
     """Raise :class:`ShimsExpired` (exit 1) when any active shim is past its expiry (for ``migrate verify``)."""
     report = audit(db, timedelta(0))
     if not report.ok:
@@ -229,20 +207,12 @@ def expired_message(expired: list[Shim]) -> str:
             f"or extend them (migrate shims extend NAME --by 7d --reason ...)")
 
 
-def active_summary(db: DatabaseLike) -> list[Shim]:
-    """Active shims, soonest expiry first (printed at the end of ``migrate up``)."""
-    return sorted(_registry(db).shims("active"), key=lambda s: s.expires_at)
+def active_summary(db: Database) -> list[dict[str, Any]]:
+    """Active shims as JSON objects (name, table, old, new, schema, expires_at, ...), soonest expiry first.
 
-
-def format_summary(shims: list[Shim], now: datetime) -> str:
-    """One line per active shim, for ``migrate up``'s closing report."""
-    if not shims:
-        return "no active shims"
-    lines = [f"{len(shims)} active shim(s):"]
-    for s in shims:
-        lines.append(f"  {s.name}: {s.table} {s.old} -> {s.new}, for version {s.as_of} consumers, "
-                     f"expires {s.expires_at:%Y-%m-%d %H:%M} UTC ({describe_delta(s.expires_at - now)})")
-    return "\n".join(lines)
+    Printed at the end of ``migrate up``.
+    """
+    return [s.to_json() for s in sorted(_registry(db).shims("active"), key=lambda s: s.expires_at)]
 
 
 def describe_delta(delta: timedelta) -> str:
@@ -265,7 +235,7 @@ def describe_delta(delta: timedelta) -> str:
 
 
 # -- drop ---------------------------------------------------------------------------
-def sessions_using(db: DatabaseLike, shims: list[Shim]) -> tuple[list[Session], list[str]]:
+def sessions_using(db: Database, shims: list[Shim]) -> tuple[list[Session], list[str]]:
     """Sessions using ``shims`` (locks on the views; connections of roles routed to their schemas)
     and notes from pg_stat_statements when installed. PostgreSQL only."""
     if db.dialect != "postgresql" or not shims:
@@ -281,7 +251,7 @@ def sessions_using(db: DatabaseLike, shims: list[Shim]) -> tuple[list[Session], 
         ([s.compat_schema for s in shims], [s.view_name for s in shims]),
     ).fetchall()
     for pid, user, app, addr, state, schema, view, mode in rows:
-        sessions.append(Session(pid, user, app, addr, state, f"holds {mode} on {_quote_ident(schema)}.{_quote_ident(view)}"))
+        sessions.append(Session(pid, user, app, addr, state, f"holds {mode} on {quote_ident(schema)}.{quote_ident(view)}"))
     schemas = sorted({s.compat_schema for s in shims if s.compat_schema})
     routes = [r for r in _registry(db).routes("active") if r.compat_schema in schemas]
     if routes:
@@ -348,7 +318,7 @@ def retire_shims(connection: Any, dialect: str, registry: Registry, shims: list[
     return dropped, schemas, undone
 
 
-def drop(db: DatabaseLike, names: Sequence[str] = (), *, expired: bool = False, force: bool = False,
+def drop(db: Database, names: Sequence[str] = (), *, expired: bool = False, force: bool = False,
          reason: str | None = None, lock_timeout: timedelta = timedelta(seconds=5)) -> DropReport:
     """Drop shims by name (or every expired one); refuse while they are in use unless ``force``.
 
@@ -371,7 +341,7 @@ def drop(db: DatabaseLike, names: Sequence[str] = (), *, expired: bool = False, 
         reason = f"{reason} (forced past {len(sessions)} session(s))"
     conn = db.connection
     try:
-        with transaction(conn):
+        with transaction(db):
             if db.dialect == "postgresql":
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout.total_seconds() * 1000)}ms",))
             dropped, schemas, undone = retire_shims(conn, db.dialect, registry, targets, reason)
@@ -406,7 +376,7 @@ def _in_use_message(shims: list[Shim], sessions: list[Session]) -> str:
 
 
 # -- extend -------------------------------------------------------------------------
-def extend(db: DatabaseLike, name: str, *, by: timedelta | None = None, until: datetime | None = None,
+def extend(db: Database, name: str, *, by: timedelta | None = None, until: datetime | None = None,
            reason: str) -> list[Shim]:
     """Move the expiry of shim ``name`` (or every shim of a compat schema) and record why.
 
@@ -420,7 +390,7 @@ def extend(db: DatabaseLike, name: str, *, by: timedelta | None = None, until: d
         raise UsageError("--by must be longer than zero")
     registry = _registry(db)
     updated = []
-    with transaction(db.connection):
+    with transaction(db):
         now = registry.now()
         if until is not None and until <= now:
             raise UsageError(f"--until {until.isoformat()} is in the past")
@@ -433,7 +403,7 @@ def extend(db: DatabaseLike, name: str, *, by: timedelta | None = None, until: d
 
 
 # -- connect / route ----------------------------------------------------------------
-def _schema_for(db: DatabaseLike, as_of: str, schema_template: str) -> tuple[str, str, list[Shim]]:
+def _schema_for(db: Database, as_of: str, schema_template: str) -> tuple[str, str, list[Shim]]:
     """(as_of label, compat schema, active shims in it); the schema comes from the template before any shim exists."""
     from compat.views import compat_schema_name
 
@@ -447,19 +417,19 @@ def _schema_for(db: DatabaseLike, as_of: str, schema_template: str) -> tuple[str
     return as_of, compat_schema_name(schema_template, as_of), []
 
 
-def _search_path(db: DatabaseLike, schema: str, base: list[str] | None = None) -> list[str]:
+def _search_path(db: Database, schema: str, base: list[str] | None = None) -> list[str]:
     if base is None:
         base = list(db.connection.execute("SELECT current_schemas(false)").fetchone()[0])
     return [schema] + [s for s in base if s != schema]
 
 
-def connect_info(db: DatabaseLike, as_of: str, url: str, schema_template: str = "compat_{version}") -> ConnectInfo:
+def connect_info(db: Database, as_of: str, url: str, schema_template: str = "compat_{version}") -> ConnectInfo:
     """The search_path setting and a ready URL (password redacted) for a consumer of version ``as_of``."""
     from runner.urls import redact
 
     label, schema, shims = _schema_for(db, as_of, schema_template)
     path = _search_path(db, schema)
-    setting = ",".join(_quote_ident(p) for p in path)
+    setting = ",".join(quote_ident(p) for p in path)
     options = "-c search_path=" + setting.replace(" ", "\\ ")
     parts = urlsplit(url)
     query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("options="))
@@ -521,7 +491,7 @@ def _undo_route(conn: Any, registry: Registry, route: Route, reason: str) -> Non
         registry.mark_route_undone(route, f"{reason}; role setting had changed since (now {current!r}), left as is")
 
 
-def route(db: DatabaseLike, role: str, as_of: str, schema_template: str = "compat_{version}") -> Route:
+def route(db: Database, role: str, as_of: str, schema_template: str = "compat_{version}") -> Route:
     """Set ``role``'s search_path in this database to the compat schema of ``as_of`` plus its usual path.
 
     Recorded in the registry; undone (previous setting restored) when the
@@ -535,7 +505,7 @@ def route(db: DatabaseLike, role: str, as_of: str, schema_template: str = "compa
     if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
         raise UsageError(f"role {role} does not exist")
     try:
-        with transaction(conn):
+        with transaction(db):
             registry.ensure()
             for old in registry.routes("active", role=role):
                 _undo_route(conn, registry, old, f"replaced by a route to {schema}")
@@ -553,13 +523,13 @@ def route(db: DatabaseLike, role: str, as_of: str, schema_template: str = "compa
     return record
 
 
-def unroute(db: DatabaseLike, role: str) -> list[Route]:
+def unroute(db: Database, role: str) -> list[Route]:
     """Undo the active route of ``role`` (restore its previous search_path setting)."""
     registry = _registry(db)
     routes = registry.routes("active", role=role)
     if not routes:
         raise UsageError(f"role {role} has no active route")
-    with transaction(db.connection):
+    with transaction(db):
         for r in routes:
             _undo_route(db.connection, registry, r, "unrouted by request")
     return routes

@@ -102,7 +102,7 @@ def quote_ident(name: str) -> str:
 def format_duration(value: timedelta) -> str:
     """The shortest exact spelling of ``value`` (``14d``, ``36h``, ``90s``, ``500ms``)."""
     ms = round(value.total_seconds() * 1000)
-    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"

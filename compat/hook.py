@@ -34,6 +34,7 @@ import structlog
 
 from compat.declarations import RenameDeclaration, declarations_for, quote_ident
 from compat.registry import Registry, Shim
+from runner.config import Settings
 from runner.durations import parse_duration
 from runner.errors import MigrationFailed
 from runner.hooks import MigrationContext
@@ -80,10 +81,12 @@ class CompatHook:
 
     ``create_shims=False`` (``migrate up --no-compat``) still verifies declared
     renames and keeps existing shims intact, but creates no new shims. Shims are
-    also not created when ``Settings.compat.enabled`` is false.
+    also not created when ``Settings.compat.enabled`` is false. ``settings`` is
+    accepted for the executor's wiring; the settings each context carries are
+    the ones used.
     """
 
-    def __init__(self, create_shims: bool = True) -> None:
+    def __init__(self, settings: Settings | None = None, *, create_shims: bool = True) -> None:
         self.create_shims = create_shims
         self._plans: dict[str, _Plan] = {}
 
@@ -151,17 +154,18 @@ class CompatHook:
         conn = ctx.connection
         by_table: dict[int, list[Shim]] = {}
         base_of: dict[int, int] = {}
+        bases = views.view_bases(conn, [(s.compat_schema, s.view_name) for s in active])
         for shim in active:
-            oid = views.view_oid(conn, shim.compat_schema, shim.view_name)
-            base = views.view_base_table(conn, oid) if oid is not None else None
+            base = bases.get((shim.compat_schema, shim.view_name))
             if base is not None:
                 by_table.setdefault(base, []).append(shim)
                 base_of[shim.id] = base
         statements = ctx.migration.up if ctx.direction == "apply" else ctx.migration.down
         actions = _analyse(statements) if ctx.migration.format != "python" else None
         refresh: list[Shim] = []
-        if actions is None:  # cannot tell what it does: rebuild every shim around it
-            refresh = [s for shims in by_table.values() for s in shims]
+        if actions is None:  # cannot tell what it does: rebuild every shim around it (if it is atomic)
+            if ctx.migration.transactional:
+                refresh = [s for shims in by_table.values() for s in shims]
         else:
             for kind, schema, table_name, column, line in actions:
                 table = views.find_table(conn, schema, table_name)
@@ -179,6 +183,10 @@ class CompatHook:
                     raise MigrationFailed(
                         _blocked(where, f"drops column {table.name}.{column}", exposing)
                     )
+                if not ctx.migration.transactional:
+                    raise MigrationFailed(_blocked(
+                        where, f"changes the type of column {table.name}.{column} outside a transaction (the shim "
+                        f"cannot be rebuilt around it safely)", exposing))
                 refresh.extend(s for s in exposing if s not in refresh)
         for shim in refresh:
             views.drop_view(conn, shim.compat_schema, shim.view_name, keep_schema=True)
@@ -190,6 +198,8 @@ class CompatHook:
         """SQLite: drop every active shim view (rebuilt in after; table rebuilds fail on views)."""
         from compat import sqlite_views
 
+        if not ctx.migration.transactional:  # the drop would commit on its own
+            return []
         active = [s for s in registry.shims("active") if s.compat_schema is None]
         for shim in active:
             sqlite_views.drop_view(ctx.connection, shim.view_name)
@@ -203,7 +213,7 @@ class CompatHook:
         registry = Registry(ctx.connection, ctx.dialect, ctx.schema)
         if ctx.dialect == "postgresql":
             self._verify_pg(ctx, plan)
-            self._rebuild_pg(ctx, registry, plan.refresh)
+            self._rebuild_pg(ctx, plan.refresh)
             self._check_views_pg(ctx, registry)
         else:
             self._verify_sqlite(ctx, plan)
@@ -269,7 +279,7 @@ class CompatHook:
                     f"and re-added? its data would be lost); use ALTER TABLE ... RENAME COLUMN"
                 )
 
-    def _rebuild_pg(self, ctx: MigrationContext, registry: Registry, refresh: list[tuple[Shim, int | None]]) -> None:
+    def _rebuild_pg(self, ctx: MigrationContext, refresh: list[tuple[Shim, int | None]]) -> None:
         from compat import views
 
         for shim, oid in refresh:
@@ -300,7 +310,7 @@ class CompatHook:
         for shim in active:
             if (shim.compat_schema, shim.view_name) in gone:
                 raise MigrationFailed(
-                    f"{ctx.migration.path}: the migration removed view {shim.name} of active shim {shim.name} "
+                    f"{ctx.migration.path}: the migration removed the view of active shim {shim.name} "
                     f"(DROP ... CASCADE?); drop the shim first: {_drop_command(shim)}"
                 )
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from compat.sqlite_views import quote
+
 SHIMS = "_migrate_shims"
 ROUTES = "_migrate_shim_routes"
 
@@ -216,10 +218,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 class Registry:
     """Registry access on one connection (psycopg 3 or sqlite3), inside the caller's transaction.
 
@@ -250,7 +248,7 @@ class Registry:
                 json=sql.SQL("::jsonb"),
             )
         return template.format(
-            shims=_quote(SHIMS), routes=_quote(ROUTES), shims_idx=_quote(f"{SHIMS}_active_name"), json="",
+            shims=quote(SHIMS), routes=quote(ROUTES), shims_idx=quote(f"{SHIMS}_active_name"), json="",
         ).replace("%s", "?")
 
     def _execute(self, template: str, params: tuple[Any, ...] = ()) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 
 
 def quote(name: str) -> str:
-    """A SQLite identifier, double-quoted with ``"`` doubled."""
+    """``name`` as a double-quoted SQL identifier, ``"`` doubled (standard SQL: SQLite and PostgreSQL)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -37,11 +37,6 @@ def view_name(template: str, table: str, version: str) -> str:
 
 def table_exists(conn: Any, table: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-    return row is not None
-
-
-def view_exists(conn: Any, view: str) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?", (view,)).fetchone()
     return row is not None
 
 

@@ -118,15 +118,6 @@ def security_invoker_supported(conn: Any) -> bool:
     return int(conn.execute("SHOW server_version_num").fetchone()[0]) >= 150000
 
 
-def view_oid(conn: Any, schema: str, view: str) -> int | None:
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'v'",
-        (schema, view),
-    ).fetchone()
-    return row[0] if row else None
-
-
 def relation_exists(conn: Any, schema: str, name: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -244,15 +235,23 @@ def drop_view(conn: Any, schema: str, view: str, keep_schema: bool = False) -> b
     return True
 
 
-def view_base_table(conn: Any, oid: int) -> int | None:
-    """The oid of the table view ``oid`` selects from (via its rewrite rule's dependencies)."""
-    row = conn.execute(
-        "SELECT d.refobjid FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass "
-        "AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass "
-        "WHERE r.ev_class = %s AND d.refobjid <> %s LIMIT 1",
-        (oid, oid),
-    ).fetchone()
-    return row[0] if row else None
+def view_bases(conn: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """For each existing (schema, view) of ``pairs``, the oid of the table it selects from.
+
+    Read from the view's rewrite rule dependencies, so it survives table renames. One query.
+    """
+    if not pairs:
+        return {}
+    rows = conn.execute(
+        "SELECT x.s, x.v, (SELECT d.refobjid FROM pg_rewrite r JOIN pg_depend d "
+        "  ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass "
+        "  WHERE r.ev_class = c.oid AND d.refobjid <> c.oid LIMIT 1) "
+        "FROM unnest(%s::text[], %s::text[]) AS x(s, v) "
+        "JOIN pg_namespace n ON n.nspname = x.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.v "
+        "AND c.relkind = 'v'",
+        ([p[0] for p in pairs], [p[1] for p in pairs]),
+    ).fetchall()
+    return {(r[0], r[1]): r[2] for r in rows if r[2] is not None}
 
 
 def missing_views(conn: Any, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -12,9 +12,10 @@ Refusals (exit 1), each saying what to check:
 - a gap: a file whose version is below the newest applied version but which
   the history does not list as applied (``migrate up`` would run it out of
   order, possibly a second time); ``--allow-gaps`` leaves such files pending;
-- golang-migrate's ``dirty`` flag (a migration failed half-way);
-- the runner's own history already records a migration that the other tool
-  says is not applied.
+- golang-migrate's ``dirty`` flag (a migration failed half-way).
+
+Migrations the runner already records are left as they are (listed as
+"already recorded"), so adopting again after `migrate up` is harmless.
 
 A missing history table is a usage error (exit 2).
 """
@@ -243,20 +244,11 @@ def plan_adoption(history: ForeignHistory, migrations: Sequence[MigrationFile], 
                 plan.entries.append(AdoptEntry(m.version, m.id, m.path, m.checksum,
                                                history.detail.get(m.version, f"version {m.version}")))
         elif m.id in recorded_set:
-            continue
+            plan.already_recorded.append(m.id)  # applied by the runner (after an earlier adoption, or marked)
         elif newest is not None and m.version is not None and m.version < newest:
             gaps.append(m)
         else:
             plan.stays_pending.append(m.id)
-    # The runner recording a migration the other tool skipped (below its newest version) means the two
-    # histories disagree; newer ones are simply what `migrate up` applied after an earlier adoption.
-    conflicts = [m.id for m in migrations if m.id in recorded_set and m.version not in applied_set
-                 and (newest is None or m.version is None or m.version < newest)]
-    if conflicts:
-        raise AdoptRefused(
-            f"adopt {tool}: the runner already records {', '.join(sorted(conflicts))} as applied, but {table} does "
-            "not: the two histories disagree. Check the schema, then fix the runner's record with `migrate unmark`"
-            " or the other tool's table")
     if gaps:
         names = ", ".join(m.id for m in gaps)
         if not allow_gaps:

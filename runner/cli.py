@@ -124,13 +124,18 @@ def _env_log_format() -> str:
 @click.option("--lock-timeout", metavar="DURATION", help="lock_timeout for each migration's statements (default 5s).")
 @click.option("--lock-wait", metavar="DURATION", help="How long to wait for another runner's lock (default 5m).")
 @click.option("--no-compat", is_flag=True, help="Apply declared renames without creating compatibility shims.")
+@click.option("--lint", "lint", is_flag=True, help="Lint pending migrations first; apply nothing on a lint error.")
 @click.pass_obj
 def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None, lock_wait: str | None,
-       no_compat: bool) -> int:
+       no_compat: bool, lint: bool) -> int:
     """Apply pending migrations, each exactly once."""
     from runner import commands
 
     inv.flags.update(lock_timeout=lock_timeout, lock_wait=lock_wait)
+    if lint:
+        from runner.cli_diagnose import lint_gate
+
+        lint_gate(inv)
     result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
     if dry_run:
         data = {"dry_run": True, "pending_before": result.pending_before,
@@ -155,13 +160,17 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
 
 # ------------------------------------------------------------------------ status
 @cli.command()
+@click.option("--env", "envs", multiple=True, metavar="NAME",
+              help="A named environment from [environments] (several allowed): one row per environment.")
 @click.pass_obj
-def status(inv: Invocation) -> int:
+def status(inv: Invocation, envs: tuple[str, ...]) -> int:
     """Applied, pending, modified and missing migrations."""
     from runner import commands
 
-    if len(inv.databases) > 1:
-        return _multi_status(inv)
+    if len(inv.databases) > 1 or envs:
+        from runner.cli_diagnose import multi_status
+
+        return multi_status(inv, [*inv.databases, *envs])
     state = commands.status(inv.settings)
     lines = [f"{'applied':9} {a.id}  ({a.applied_at})" for a in state.applied]
     lines += [f"{'pending':9} {p}" for p in state.pending]
@@ -172,27 +181,27 @@ def status(inv: Invocation) -> int:
     return errors.OK
 
 
-def _multi_status(inv: Invocation) -> int:
-    raise errors.UsageError("several --database values are not supported by this build")
-
-
 # ------------------------------------------------------------------------ verify
 @cli.command()
+@click.option("--consumer", "consumers", multiple=True, type=click.Path(), metavar="FILE",
+              help="A consumer contract (TOML/JSON), several allowed: exit 0 only if the database serves each.")
 @click.pass_obj
-def verify(inv: Invocation) -> int:
+def verify(inv: Invocation, consumers: tuple[str, ...]) -> int:
     """Exit 0 only when nothing is pending, modified or missing (the gate tests run first)."""
     from runner import commands
-    from runner.status import drift_lines
 
-    state = commands.status(inv.settings)
-    problems = [f"{p}: pending: run `migrate up`" for p in state.pending] + drift_lines(state)
-    data = dict(state.to_dict(), ok=not problems, problems=problems)
-    if problems:
+    if consumers:
+        from runner.cli_diagnose import verify_consumers
+
+        return verify_consumers(inv, consumers)
+    result = commands.verify(inv.settings)
+    data = dict(result.status.to_dict(), ok=result.ok, problems=result.problems)
+    if not result.ok:
         inv.emit(data, "")
-        for line in problems:
+        for line in result.problems:
             click.echo(f"migrate: verify: {line}", err=True)
         return errors.NOT_AT_HEAD
-    inv.emit(data, f"ok: database is at head ({state.head or 'no migrations'})")
+    inv.emit(data, f"ok: database is at head ({result.status.head or 'no migrations'})")
     return errors.OK
 
 
@@ -248,6 +257,13 @@ def new(inv: Invocation, name: str, goose: bool) -> int:
 
 def _register_extensions() -> None:
     """Command groups that live in their own modules."""
+    from compat.cli import shims
+    from runner.cli_diagnose import COMMANDS as diagnose_commands
+
+    cli.add_command(shims)
+
+    for command in diagnose_commands:
+        cli.add_command(command)
 
 
 _register_extensions()

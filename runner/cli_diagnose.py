@@ -7,6 +7,7 @@ command returns its exit code (see docs/diagnose.md).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,11 @@ def multi_status(inv: Any, targets: Sequence[str]) -> int:
 
     settings = load_settings(dict(inv.flags, database=None))
     rows = multienv.status_rows(multienv.parse_targets(targets, settings.environments), settings)
+    out = getattr(inv, "out", None)  # the real stdout (sys.stdout is stderr while a command runs)
     if settings.format == "json":
-        click.echo(__import__("json").dumps({"environments": multienv.as_json(rows)}, indent=2, default=str))
+        click.echo(json.dumps({"environments": multienv.as_json(rows)}, indent=2, default=str), file=out)
     else:
-        click.echo(multienv.render(rows))
+        click.echo(multienv.render(rows), file=out)
     return multienv.exit_code(rows)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,19 +52,21 @@ class DownResult:
     duration_s: float = 0.0
 
 
-def default_hooks(settings: Settings, compat: bool = True) -> list[MigrationHook]:
-    """The hooks `migrate up` runs around each migration."""
-    hooks: list[MigrationHook] = []
-    if compat and settings.compat.enabled:
-        try:  # TEMPORARY until compat.hook lands
-            from compat.hook import CompatHook
-        except ImportError:
-            CompatHook = None  # type: ignore[assignment,misc]
-        if CompatHook is not None:
-            hooks.append(CompatHook(settings))
+def default_hooks(settings: Settings, compat: bool = True, final_migration_id: str | None = None) -> list[MigrationHook]:
+    """The hooks `migrate up` runs around each migration.
+
+    ``final_migration_id``: the last migration of the run; the snapshot hook then stores one
+    snapshot per run (in that migration's transaction) instead of one per migration, which
+    would make a long run quadratic (see :class:`runner.snapshot.SnapshotHook`).
+    """
+    from compat.hook import CompatHook
+
+    # Always present: with --no-compat it still checks declared renames and protects existing
+    # shims, it just creates none (nor when [compat] enabled = false).
+    hooks: list[MigrationHook] = [CompatHook(settings, create_shims=compat)]
     from runner.snapshot import SnapshotHook
 
-    hooks.append(SnapshotHook())
+    hooks.append(SnapshotHook(final_migration_id))
     return hooks
 
 
@@ -77,6 +80,29 @@ def status(settings: Settings, db: Database | None = None) -> Status:
         return compute(files, history.read_applied(db))
     with _open(settings) as db:
         return compute(files, history.read_applied(db))
+
+
+@dataclass
+class VerifyResult:
+    status: Status
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(settings: Settings) -> VerifyResult:
+    """The gate: problems are pending, modified or missing migrations and expired shims."""
+    from compat.commands import audit, expired_message
+
+    with _open(settings) as db:
+        state = status(settings, db)
+        problems = [f"{p}: pending: run `migrate up`" for p in state.pending] + drift_lines(state)
+        expired = audit(db, timedelta(0)).expired
+    if expired:
+        problems.append(expired_message(expired))
+    return VerifyResult(state, problems)
 
 
 def _refuse_drift(state: Status) -> None:
@@ -130,12 +156,19 @@ def up(
             _refuse_drift(state)
             result.pending_before = list(state.pending)
             todo = _select_up_to(files, state.pending, to)
-            executor = Executor(db, settings, list(default_hooks(settings, compat) if hooks is None else hooks))
+            if todo:  # a no-op `up` needs neither the executor nor the hooks (nor their imports)
+                run_hooks = default_hooks(settings, compat, todo[-1].id) if hooks is None else hooks
+                executor = Executor(db, settings, list(run_hooks))
             previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}
             total = len(todo)
             for n, migration in enumerate(todo, 1):
                 log.info("applying", migration=migration.id, n=n, total=total)
-                seconds = executor.apply(migration, previous_of[migration.id])
+                try:
+                    seconds = executor.apply(migration, previous_of[migration.id])
+                except Exception:
+                    log.error("failed", migration=migration.id, n=n, total=total, outcome="failed",
+                              elapsed_s=round(time.perf_counter() - started, 2))
+                    raise
                 result.applied.append(migration.id)
                 log.info("applied", migration=migration.id, n=n, total=total,
                          duration_ms=round(seconds * 1000, 1), outcome="applied",
@@ -179,7 +212,7 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
             migration = by_id[mid]
             if not migration.has_down:
                 raise UsageError(f"{migration.path}: {mid} has no rollback (no Down section or .rollback.sql); nothing was rolled back after it")
-        executor = Executor(db, settings, default_hooks(settings))
+        executor = Executor(db, settings, default_hooks(settings, final_migration_id=victims[-1] if victims else None))
         for mid in victims:
             index = order[mid]
             executor.rollback(by_id[mid], files[index - 1] if index else None)

@@ -43,8 +43,21 @@ class Executor:
         self._search_path: str | None = None
         self._statement_timeout: str | None = None
         if self.db.dialect == "postgresql":
+            from psycopg import sql
+
             self._search_path, self._statement_timeout = self.db.execute(
                 "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
+            conn = self.db.connection
+            # Fewer round trips per migration (the runner's own statements are batched):
+            # BEGIN + SET LOCAL lock_timeout in one query, the restore in one, COMMIT + reset in one.
+            self._begin_sql = "BEGIN; " + lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True)
+            self._restore_sql = sql.SQL(
+                "RESET ROLE; SELECT set_config('search_path', {}, true), set_config('statement_timeout', {}, true)"
+            ).format(sql.Literal(self._search_path), sql.Literal(self._statement_timeout)).as_string(conn)
+            self._commit_reset_sql = "COMMIT; " + self._reset_sql()
+            # The session reset runs DEALLOCATE ALL after every migration, so psycopg's automatic
+            # server-side prepared statements would only be prepared and deallocated again.
+            conn.prepare_threshold = None
 
     # -- public -------------------------------------------------------------------------
     def apply(self, migration: MigrationFile, previous: MigrationFile | None) -> float:
@@ -101,6 +114,9 @@ class Executor:
         raise AssertionError("unreachable")
 
     def _transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> None:
+        if self.db.dialect == "postgresql":
+            self._transactional_pg(migration, ctx, tracker, started)
+            return
         backend = self.db.backend
         with backend.transaction():
             if self.db.dialect == "postgresql":
@@ -114,6 +130,43 @@ class Executor:
                 hook.after(ctx)
             self._record(migration, ctx.direction, started)
         self._reset_session()
+
+    def _transactional_pg(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker,
+                          started: float) -> None:
+        """The same steps as the generic path, in five round trips (plus one per statement).
+
+        BEGIN + SET LOCAL lock_timeout; hooks' before(); each statement; restore of role,
+        search_path and statement_timeout; hooks' after(); the bookkeeping rows (pipelined);
+        COMMIT + session reset. On any error the caller's ``_recover`` rolls back (yoyo's
+        ``_in_transaction`` flag is set for the whole block, as ``backend.transaction()`` does).
+        """
+        backend = self.db.backend
+        conn = self.db.connection
+        assert not backend._in_transaction
+        backend._in_transaction = True
+        conn.execute(self._begin_sql)
+        for hook in self.hooks:
+            hook.before(ctx)
+        if migration.format == "python":
+            self._steps(migration, ctx.direction, tracker).process_steps(backend, ctx.direction)
+        else:
+            # The SQL statements directly, without yoyo's per-step savepoints (a failure rolls
+            # back the whole transaction anyway); our own cursor: yoyo prints result rows to stdout.
+            statements = migration.up if ctx.direction == "apply" else list(reversed(migration.down))
+            cursor = conn.cursor()
+            try:
+                for statement in statements:
+                    tracker.current = statement
+                    cursor.execute(statement.sql)
+            finally:
+                cursor.close()
+        tracker.current = None
+        self._restore_for_bookkeeping()
+        for hook in self.hooks:
+            hook.after(ctx)
+        self._record(migration, ctx.direction, started)
+        conn.execute(self._commit_reset_sql)
+        backend._in_transaction = False
 
     def _non_transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> None:
         if self.db.dialect == "postgresql":
@@ -150,14 +203,17 @@ class Executor:
 
     def _record(self, migration: MigrationFile, direction: str, started: float) -> None:
         duration_ms = int((time.perf_counter() - started) * 1000)
-        history.record(self.db, migration, direction, duration_ms)
+        if self.db.dialect == "postgresql" and self.db.backend._in_transaction:
+            # One round trip for the six bookkeeping statements (errors surface at the pipeline's end).
+            with self.db.connection.pipeline():
+                history.record(self.db, migration, direction, duration_ms)
+        else:
+            history.record(self.db, migration, direction, duration_ms)
 
     def _restore_for_bookkeeping(self) -> None:
         """Undo, for the rest of this transaction, a role, search_path or statement_timeout the migration set."""
         if self.db.dialect == "postgresql":
-            self.db.execute("RESET ROLE")
-            self.db.execute("SELECT set_config('search_path', :p, true), set_config('statement_timeout', :t, true)",
-                            {"p": self._search_path, "t": self._statement_timeout})
+            self.db.connection.execute(self._restore_sql)
 
     def _reset_session(self) -> None:
         """Session settings a migration changed must not leak into the next one.
@@ -165,10 +221,11 @@ class Executor:
         Not DISCARD ALL: it would release the runner's advisory lock.
         """
         if self.db.dialect == "postgresql":
-            self.db.connection.execute(
-                "RESET ALL; RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; DEALLOCATE ALL; CLOSE ALL; DISCARD TEMP"
-                + (f"; {self.db.session_sql}" if self.db.session_sql else "")
-            )
+            self.db.connection.execute(self._reset_sql())
+
+    def _reset_sql(self) -> str:
+        return ("RESET ALL; RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; DEALLOCATE ALL; CLOSE ALL; DISCARD TEMP"
+                + (f"; {self.db.session_sql}" if self.db.session_sql else ""))
 
     def _recover(self) -> None:
         """Leave the backend usable after a failure (yoyo keeps its own transaction flag)."""

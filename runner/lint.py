@@ -45,7 +45,7 @@ from typing import Any
 import structlog
 
 from runner.errors import ConfigError, MigrationFileError
-from runner.migration import MigrationFile, Statement
+from runner.migration import MigrationFile
 
 log = structlog.get_logger("migrate.lint")
 
@@ -249,7 +249,8 @@ class _Linter:
             if _has_concurrently(stmt.params):
                 self.non_tx(line, "REINDEX ... CONCURRENTLY")
         elif isinstance(stmt, ast.VacuumStmt):
-            self.non_tx(line, "VACUUM" if stmt.is_vacuumcmd else "ANALYZE") if stmt.is_vacuumcmd else None
+            if stmt.is_vacuumcmd:  # ANALYZE alone is allowed in a transaction block
+                self.non_tx(line, "VACUUM")
         elif isinstance(stmt, (ast.CreatedbStmt, ast.DropdbStmt)):
             self.non_tx(line, "CREATE DATABASE" if isinstance(stmt, ast.CreatedbStmt) else "DROP DATABASE")
         elif isinstance(stmt, ast.AlterSystemStmt):
@@ -346,19 +347,51 @@ def lint_migration(migration: MigrationFile, settings_disable: Sequence[str] = (
     disabled = _file_disables(migration, text) | set(settings_disable)
     linter = _Linter(migration, disabled, _declared_renames(migration, renames), shims, server_version)
     for statement in migration.up:
+        # Statement.line is the line of its first non-comment line; the text may start with comments.
+        first = statement.line - _leading_comment_lines(statement.sql)
         try:
             raws = parse_sql(statement.sql)
         except ParseError as err:
             message, location = (err.args + (None,))[:2]
             line = statement.line
             if isinstance(location, int):
-                line += statement.sql.count("\n", 0, max(location - 1, 0))
+                line = first + statement.sql.count("\n", 0, max(location, 0))
             raise MigrationFileError(migration.path, f"PostgreSQL parser (pglast): {message}", line) from None
         for raw in raws:
             offset = raw.stmt_location or 0
-            line = statement.line + statement.sql.count("\n", 0, offset)
+            # stmt_location may point at comments before the statement: skip them too.
+            offset = _skip_comments(statement.sql, offset)
+            line = first + statement.sql.count("\n", 0, offset)
             linter.statement(raw.stmt, line)
     return linter.findings
+
+
+_COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
+
+
+def _leading_comment_lines(sql: str) -> int:
+    count = 0
+    for line in sql.split("\n"):
+        if not _COMMENT_OR_BLANK.match(line):
+            break
+        count += 1
+    return count
+
+
+def _skip_comments(sql: str, offset: int) -> int:
+    """The offset of the first character at or after ``offset`` that is not blank or a comment."""
+    while offset < len(sql):
+        if sql[offset].isspace():
+            offset += 1
+        elif sql.startswith("--", offset):
+            end = sql.find("\n", offset)
+            offset = len(sql) if end < 0 else end + 1
+        elif sql.startswith("/*", offset):
+            end = sql.find("*/", offset + 2)
+            offset = len(sql) if end < 0 else end + 2
+        else:
+            break
+    return offset
 
 
 def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Sequence[str] = (),
@@ -374,11 +407,6 @@ def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Seque
         report.findings.extend(lint_migration(migration, settings_disable, renames, shims, server_version))
         report.linted.append(migration.id)
     return report
-
-
-def statements_from_text(text: str) -> list[Statement]:
-    """The whole text as one statement starting at line 1 (pglast splits it itself)."""
-    return [Statement(text, 1)]
 
 
 # --------------------------------------------------------------------------- with a database

@@ -68,7 +68,7 @@ def sqlite_shim_pattern(template: str) -> re.Pattern[str]:
 # --------------------------------------------------------------------------- taking
 
 _PG_COLUMNS = """
-SELECT c.relname, c.relkind, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+SELECT c.relname, c.relkind, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)
@@ -107,7 +107,7 @@ def _take_pg(connection: Any, schema: str) -> Snapshot:
     snap = _empty("postgresql", schema)
     cur = connection.cursor()
     cur.execute(_PG_COLUMNS, (schema,))
-    for relname, relkind, attname, typ, notnull in cur.fetchall():
+    for relname, relkind, attname, typ, notnull, attnum in cur.fetchall():
         if is_excluded_name(relname):
             continue
         kind = _KINDS[relkind]
@@ -115,7 +115,7 @@ def _take_pg(connection: Any, schema: str) -> Snapshot:
         entry = bucket.get(relname)
         if entry is None:
             entry = bucket[relname] = {"kind": kind, "columns": []}
-        entry["columns"].append({"name": attname, "type": typ, "nullable": not notnull})
+        entry["columns"].append({"name": attname, "type": typ, "nullable": not notnull, "num": attnum})
     cur.execute(_PG_INDEXES, (schema,))
     for index, table, definition in cur.fetchall():
         if is_excluded_name(table) or is_excluded_name(index):
@@ -127,18 +127,18 @@ def _take_pg(connection: Any, schema: str) -> Snapshot:
 def _take_sqlite(connection: Any, shim: re.Pattern[str]) -> Snapshot:
     snap = _empty("sqlite", None)
     rows = connection.execute(
-        "SELECT m.name, m.type, p.name, p.type, p.\"notnull\", p.pk "
+        "SELECT m.name, m.type, p.name, p.type, p.\"notnull\", p.cid "
         "FROM sqlite_master m JOIN pragma_table_info(m.name) p "
         "WHERE m.type IN ('table', 'view') ORDER BY m.name, p.cid"
     ).fetchall()
-    for relname, kind, col, typ, notnull, pk in rows:
+    for relname, kind, col, typ, notnull, cid in rows:
         if is_excluded_name(relname) or (kind == "view" and shim.match(relname)):
             continue
         bucket = snap["views"] if kind == "view" else snap["tables"]
         entry = bucket.get(relname)
         if entry is None:
             entry = bucket[relname] = {"kind": kind, "columns": []}
-        entry["columns"].append({"name": col, "type": (typ or "").lower(), "nullable": not notnull})
+        entry["columns"].append({"name": col, "type": (typ or "").lower(), "nullable": not notnull, "num": cid + 1})
     # Tables without columns do not exist in SQLite; views with no rows in
     # pragma_table_info (broken views) are left out, as they cannot be read anyway.
     for name, table, definition in connection.execute(
@@ -243,37 +243,54 @@ def latest_snapshot(connection: Any, dialect: str, schema: str | None) -> Stored
 # --------------------------------------------------------------------------- the hook
 
 class SnapshotHook:
-    """Stores a snapshot of the managed schema inside the migration's transaction.
+    """Stores a snapshot of the managed schema inside a migration's transaction.
 
-    Cost model (measured, see docs/diagnose.md): a full snapshot is two
-    catalog queries whose cost grows with the schema (about 0.5 ms for 10
-    tables, several ms for 1,000), which over a run of 1,000 migrations would
-    be quadratic and blow the ~1.5 ms per-migration budget. So the hook takes
-    ONE snapshot per run: in the transaction of the run's last migration
-    (``final_migration_id``), which commits atomically with that migration.
-    For every other migration ``after()`` is a string comparison.
+    Cost (measured by bench/snapshot_cost.py, see docs/diagnose.md): a full
+    snapshot is two catalog queries plus an INSERT, about 1.5 ms on a small
+    schema and 27 ms with 1,000 tables. Taken after every migration, a run of
+    1,000 trivial migrations costs ~9.5 ms per migration instead of ~2: far
+    over the ~1.5 ms budget, and quadratic. So the hook takes ONE snapshot per
+    run, in the transaction of the run's last migration, where it commits
+    atomically with that migration; for every other migration ``after()`` is
+    a string comparison.
 
-    If ``final_migration_id`` is None the hook snapshots after every
-    migration (simple, fine for short runs and tests).
+    Which migration is last:
+    - ``final_migration_id`` when given (``migrate up`` passes the last id of
+      its plan, ``migrate down`` the last one it rolls back);
+    - otherwise the last migration file of the folder (listed once per hook,
+      by numeric version then name; no file is read), so a plain ``up`` to head
+      gets its snapshot. A run that stops before the head (``--to``) then stores
+      none, and ``migrate doctor`` says the snapshot is stale rather than
+      reporting false drift;
+    - ``every=True`` snapshots after every migration (tests, small runs).
 
     On a rollback (``ctx.direction == "rollback"``) the snapshot is stored
-    under the migration that becomes the last applied (``ctx.previous``), or
-    under ``""`` when nothing stays applied.
-
-    A run that stops early (a failed migration) leaves the previous snapshot in
-    place; ``migrate doctor`` then says the snapshot is stale instead of
-    reporting false drift, and ``migrate snapshot`` (or the next successful
-    ``migrate up``) refreshes it.
+    under the migration that stays the last applied (``ctx.previous``), or
+    ``""`` when nothing stays applied; without ``final_migration_id`` every
+    rollback stores one (rollbacks are few).
     """
 
-    def __init__(self, final_migration_id: str | None = None) -> None:
+    def __init__(self, final_migration_id: str | None = None, every: bool = False) -> None:
         self.final_migration_id = final_migration_id
+        self.every = every
+        self._head: str | None = None
 
     def before(self, ctx: MigrationContext) -> None:
         """Nothing to do before a migration."""
 
+    def _is_final(self, ctx: MigrationContext) -> bool:
+        if self.every:
+            return True
+        if self.final_migration_id is not None:
+            return ctx.migration.id == self.final_migration_id
+        if ctx.direction == "rollback":
+            return True
+        if self._head is None:
+            self._head = _head_of_folder(getattr(ctx.settings, "migrations", None)) or ""
+        return ctx.migration.id == self._head
+
     def after(self, ctx: MigrationContext) -> None:
-        if self.final_migration_id is not None and ctx.migration.id != self.final_migration_id:
+        if not self._is_final(ctx):
             return
         if ctx.direction == "rollback":
             label = ctx.previous.id if ctx.previous is not None else ""
@@ -283,6 +300,29 @@ class SnapshotHook:
         snap = take_snapshot(ctx.connection, ctx.dialect, ctx.schema, template)
         store_snapshot(ctx.connection, ctx.dialect, ctx.schema, label, snap)
         log.debug("snapshot stored", migration=label, tables=len(snap["tables"]))
+
+
+_VERSION = re.compile(r"^(\d+)")
+
+
+def _head_of_folder(folder: Any) -> str | None:
+    """The id of the last migration file in ``folder`` (numeric version, then name), without reading files."""
+    import os
+
+    if folder is None:
+        return None
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    keys = []
+    for name in names:
+        if name.startswith((".", "_")) or name.endswith(".rollback.sql") or not name.endswith((".sql", ".py")):
+            continue
+        stem = name.rsplit(".", 1)[0]
+        match = _VERSION.match(name)
+        keys.append((match is None, int(match.group(1)) if match else 0, stem))
+    return max(keys)[2] if keys else None
 
 
 # --------------------------------------------------------------------------- diff
@@ -336,9 +376,10 @@ def _diff_columns(table: str, expected: list[dict[str, Any]], actual: list[dict[
     dropped = [c for c in expected if c["name"] not in act]
     added = [c for c in actual if c["name"] not in exp]
     out: list[Change] = []
-    # A column dropped and one added at the same position with the same type: a rename.
-    exp_pos = {c["name"]: i for i, c in enumerate(expected)}
-    act_pos = {c["name"]: i for i, c in enumerate(actual)}
+    # A column dropped and one added with the same type and the same attribute number: a rename
+    # (PostgreSQL keeps attnum on RENAME COLUMN; a dropped and re-added column gets a new one).
+    exp_pos = {c["name"]: c.get("num", i) for i, c in enumerate(expected)}
+    act_pos = {c["name"]: c.get("num", i) for i, c in enumerate(actual)}
     for old in list(dropped):
         for new in added:
             if old["type"] == new["type"] and exp_pos[old["name"]] == act_pos[new["name"]]:

@@ -10,6 +10,7 @@ topological sort on ``depends``. Every problem is found before anything runs.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import types
 from pathlib import Path
@@ -27,7 +28,8 @@ def load_migrations(folder: Path) -> list[MigrationFile]:
     """All migrations in ``folder``, in the order they apply."""
     if not folder.is_dir():
         raise ConfigError(f"migrations folder not found: {folder}")
-    migrations = [read_migration(path) for path in _migration_paths(folder)]
+    paths, files = _migration_paths(folder)
+    migrations = [read_migration(path, path.stem + ".rollback.sql" in files) for path in paths]
     _check_unique(migrations)
     migrations.sort(key=lambda m: (m.version is None, m.version or 0, m.id))
     if any(m.depends for m in migrations):
@@ -35,16 +37,25 @@ def load_migrations(folder: Path) -> list[MigrationFile]:
     return migrations
 
 
-def _migration_paths(folder: Path) -> list[Path]:
-    paths = []
-    for path in folder.iterdir():
-        name = path.name
-        if name.startswith((".", "_")) or not (path.is_file() or path.is_symlink()):
-            continue
-        if name.endswith(".rollback.sql") or path.suffix not in (".sql", ".py"):
-            continue
-        paths.append(path)
-    return sorted(paths)
+def _migration_paths(folder: Path) -> tuple[list[Path], set[str]]:
+    """Migration files sorted by name, and the names of all regular files (for .rollback.sql).
+
+    ``os.scandir`` rather than ``Path.iterdir``: its entries know their type without a stat.
+    """
+    names = []
+    files = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            is_file = entry.is_file()
+            if is_file:
+                files.add(name)
+            if name.startswith((".", "_")) or not (is_file or entry.is_symlink()):
+                continue
+            if name.endswith(".rollback.sql") or not name.endswith((".sql", ".py")):
+                continue
+            names.append(name)
+    return [folder / name for name in sorted(names)], files
 
 
 def read_text(path: Path) -> str:
@@ -69,8 +80,11 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_migration(path: Path) -> MigrationFile:
-    """Read and parse one migration file."""
+def read_migration(path: Path, has_rollback_file: bool | None = None) -> MigrationFile:
+    """Read and parse one migration file.
+
+    ``has_rollback_file``: whether ``<stem>.rollback.sql`` is a file, if the caller knows.
+    """
     text = read_text(path)
     match = _VERSION.match(path.name)
     migration = MigrationFile(
@@ -93,7 +107,7 @@ def read_migration(path: Path) -> MigrationFile:
     else:
         migration.up = split_statements(text)
         rollback = path.with_name(path.stem + ".rollback.sql")
-        if rollback.is_file():
+        if rollback.is_file() if has_rollback_file is None else has_rollback_file:
             migration.down = split_statements(read_text(rollback))
     _apply_directives(migration)
     return migration

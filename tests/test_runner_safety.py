@@ -252,3 +252,16 @@ def test_arbitrary_uid_without_passwd_entry_and_c_locale(pg_url: str, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert scalar(pg_url, "SELECT naïve FROM café") == "déjà vu"
     assert "uid 54321" in scalar(pg_url, "SELECT applied_by FROM _migrate_history")
+
+
+def test_concurrent_runners_on_sqlite_take_turns(tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {f"{i:03d}_t{i}.sql": f"CREATE TABLE t{i} (id int);" for i in range(1, 6)})
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "up", "--format", "json", "--database", url,
+                               "--migrations", str(folder)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [o[1][-300:] for o in outputs]
+    applied = sorted(mid for out, _ in outputs for mid in json.loads(out)["applied"])
+    assert applied == [f"{i:03d}_t{i}" for i in range(1, 6)]

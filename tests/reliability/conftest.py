@@ -68,6 +68,29 @@ def target(pg_url: str, make_role) -> Target:
 
 
 @pytest.fixture
+def more_targets(target: Target) -> Iterator:
+    """more_targets(n) -> n more databases on the same server, for the same runner role."""
+    created: list[str] = []
+
+    def make(n: int) -> list[Target]:
+        found = []
+        for _ in range(n):
+            name = f"migrate_test_{uuid.uuid4().hex[:12]}"
+            with harness.connect(target.admin) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            created.append(name)
+            admin = harness.with_database(target.admin, name)
+            grant_runner(admin, target.role, name)
+            found.append(Target(admin=admin, url=harness.with_user(admin, target.role), name=name, role=target.role))
+        return found
+
+    yield make
+    with harness.connect(target.admin) as conn:
+        for name in created:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def folder(tmp_path: Path) -> Path:
     path = tmp_path / "migrations"
     path.mkdir()

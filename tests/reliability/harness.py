@@ -83,6 +83,11 @@ def with_user(url: str, user: str, password: str | None = PASSWORD, **query: str
     return urlunsplit((parts.scheme, f"{auth}@{parts.hostname}{port}", parts.path, q, ""))
 
 
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
 def dbname(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
@@ -285,11 +290,11 @@ class LatencyProbe(threading.Thread):
         self.url, self.query, self.application_name = url, query, application_name
         self.latencies: list[float] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         with psycopg.connect(self.url, autocommit=True, application_name=self.application_name) as conn:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 started = time.monotonic()
                 try:
                     conn.execute(self.query).fetchall()
@@ -299,13 +304,21 @@ class LatencyProbe(threading.Thread):
                 time.sleep(0.005)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
+_COMPAT: list[bool] = []
+
+
 def compat_ready() -> bool:
-    """The compat package's hook and `migrate shims` exist (issue 3)."""
-    return (ROOT / "compat" / "hook.py").is_file()
+    """The compat package's hook and `migrate shims` exist (issue 3). Checked once per session."""
+    if not _COMPAT:
+        ok = (ROOT / "compat" / "hook.py").is_file() and subprocess.run(
+            [sys.executable, "-m", "runner", "shims", "--help"], cwd=ROOT, capture_output=True, timeout=60,
+        ).returncode == 0
+        _COMPAT.append(ok)
+    return _COMPAT[0]
 
 
 def write(folder: Path, files: dict[str, str | bytes]) -> Path:

@@ -17,7 +17,7 @@ import psycopg
 from reliability import harness
 
 KILL_SET_SIZE = 20
-SLOW = {4: 0.15, 9: 0.15, 14: 0.15, 17: 0.2}
+SLOW = {4: 0.1, 9: 0.1, 14: 0.15, 17: 0.1}
 RENAME_AT = 14
 ROWS = 200
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -37,56 +40,76 @@ def _phase(target) -> str:
     return "inside a migration transaction" if in_xact else f"connected, {state}"
 
 
-def test_sigkill_at_random_moments_leaves_a_clean_prefix(target, folder):
-    ids = sets.write_kill_set(folder)
+@dataclass
+class _LaneStats:
+    landed: int = 0
+    attempts: int = 0
+    phases: Counter = field(default_factory=Counter)
+    prefixes: set[int] = field(default_factory=set)
+
+
+def _kill_lane(target, folder, ids: list[str], kills: int, full: float, seed: int) -> _LaneStats:
+    """Kill, check, complete, check, reset: ``kills`` times on one database."""
     shims = harness.compat_ready()
     args = db_args(target.url, folder, "up", *_compat_args())
-    rng = random.Random(int(time.time()))
-    # How long a full run takes here: kills are spread over [0, that + 20%].
-    baseline = run(*args)
-    assert baseline.returncode == 0, baseline.describe()
-    full = baseline.seconds
-    with target.admin_conn() as conn:
-        assert sets.check_prefix(conn, ids, shims) == len(ids)
-    sets.reset(target.admin, target.role)
-
-    landed = 0
-    attempts = 0
-    phases: dict[str, int] = {}
-    prefixes: set[int] = set()
-    while landed < KILLS:
-        attempts += 1
-        assert attempts <= KILLS * 3, f"only {landed} of {attempts} kills landed while `migrate up` ran"
+    rng = random.Random(seed)
+    stats = _LaneStats()
+    while stats.landed < kills:
+        stats.attempts += 1
+        assert stats.attempts <= kills * 3, f"only {stats.landed} of {stats.attempts} kills landed during a run"
         proc = Spawned(*args)
-        time.sleep(rng.uniform(0.0, full * 1.2))
+        time.sleep(rng.uniform(0.0, full * 1.1))
         phase = _phase(target)
         if not proc.kill():
             # It finished first: a normal, complete run.
             assert proc.wait().returncode == 0, proc.result.describe()
             sets.reset(target.admin, target.role)
             continue
-        landed += 1
-        phases[phase] = phases.get(phase, 0) + 1
+        stats.landed += 1
+        stats.phases[phase] += 1
         harness.wait_for_sessions_gone(target.admin, target.name)
         assert harness.advisory_locks(target.admin, target.name) == [], "a lock outlived the killed runner"
         with target.admin_conn() as conn:
-            k = sets.check_prefix(conn, ids, shims)
-        prefixes.add(k)
+            stats.prefixes.add(sets.check_prefix(conn, ids, shims))
         # The next run finishes the job, with no manual step.
         again = run(*args)
         assert again.returncode == 0, again.describe()
         with target.admin_conn() as conn:
             assert sets.check_prefix(conn, ids, shims) == len(ids)
-        verify = run(*db_args(target.url, folder, "verify"))
-        assert verify.returncode == 0, verify.describe()
+        if stats.landed % 10 == 0:
+            verify = run(*db_args(target.url, folder, "verify"))
+            assert verify.returncode == 0, verify.describe()
         assert harness.advisory_locks(target.admin, target.name) == []
         sets.reset(target.admin, target.role)
+    return stats
 
+
+def test_sigkill_at_random_moments_leaves_a_clean_prefix(target, more_targets, folder):
+    ids = sets.write_kill_set(folder)
+    shims = harness.compat_ready()
+    # How long a full run takes here: kills are spread over [0, that + 10%].
+    baseline = run(*db_args(target.url, folder, "up", *_compat_args()))
+    assert baseline.returncode == 0, baseline.describe()
+    with target.admin_conn() as conn:
+        assert sets.check_prefix(conn, ids, shims) == len(ids)
+    sets.reset(target.admin, target.role)
+    # Two lanes (two databases) at once: the kill loop mostly waits, and CI has two cores.
+    lanes = [target, *more_targets(1)]
+    seed = int(time.time())
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        futures = [pool.submit(_kill_lane, lane, folder, ids, KILLS // len(lanes) + (i < KILLS % len(lanes)),
+                               baseline.seconds, seed + i) for i, lane in enumerate(lanes)]
+        results = [f.result() for f in futures]
+    landed = sum(r.landed for r in results)
+    phases = sum((r.phases for r in results), Counter())
+    prefixes = set().union(*(r.prefixes for r in results))
+    assert landed >= KILLS
     # The kills really were spread over the run: inside transactions and at several prefixes.
-    assert phases.get("inside a migration transaction", 0) >= max(3, KILLS // 10), phases
+    inside = phases["inside a migration transaction"]
+    assert inside >= max(3, KILLS // 10), phases
     assert len(prefixes) >= 5, f"kills landed at too few points of the run: {sorted(prefixes)}"
-    FIGURES.add("sigkill", injected=landed, survived=landed, inside_transaction=phases.get(
-        "inside a migration transaction", 0), distinct_prefixes=len(prefixes), half_applied=0)
+    FIGURES.add("sigkill", injected=landed, survived=landed, inside_transaction=inside,
+                distinct_prefixes=len(prefixes), half_applied=0)
 
 
 def test_sigkill_inside_a_slow_statement_and_right_after_a_commit(target, folder):

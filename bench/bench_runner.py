@@ -1,0 +1,324 @@
+"""Benchmark `migrate` against yoyo's own CLI and plain `psql -f` (one command, prints a table).
+
+    .venv/bin/python bench/bench_runner.py [--count 1000] [--rounds 3] [--noop-runs 5] [--cold-runs 10]
+
+What it measures, on the same PostgreSQL, in one run (every figure is the wall time of a
+fresh CLI process, as a deploy pipeline would see it):
+
+- apply: ``--count`` trivial migrations (``CREATE TABLE tN (id int)``, one file each) on a
+  fresh, empty database with (a) ``migrate up``, (b) ``yoyo apply --batch`` and (c) ``psql -f``
+  on the concatenated statements (autocommit: one transaction per statement, psql's default).
+  Each tool gets a new database per round; rounds interleave the tools so that server-side
+  drift (checkpoints, autovacuum) hits them alike.
+- no-op up: ``migrate up`` and ``yoyo apply --batch`` again on a database where all
+  ``--count`` migrations are applied.
+- cold start: ``migrate --help`` and, for reference, ``python -c pass`` with the same
+  interpreter; ``migrate status`` on the applied database; and which heavy modules
+  (SQLAlchemy, pglast, yoyo, psycopg) each command imports (``python -X importtime``).
+
+The server is PostgreSQL at ``MIGRATE_BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``): a URL to a database the benchmark may
+connect to with CREATEDB rights. It creates throwaway databases named
+``migrate_bench_<random>_...`` and drops them at the end (also on failure).
+
+Targets (issue 2): apply <= 1.5x psql; no-op up <= 1.0x yoyo; ``--help`` and ``up``/``status``
+do not import SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+HEAVY_MODULES = ("sqlalchemy", "pglast", "yoyo", "psycopg", "sqlparse", "structlog")
+# Environment variables that would point the CLIs somewhere else.
+_SCRUB = ("DATABASE_URL", "MIGRATE_MIGRATIONS", "MIGRATE_CONFIG", "MIGRATE_LOG_FORMAT", "PGOPTIONS")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def with_database(url: str, dbname: str, scheme: str | None = None) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((scheme or parts.scheme, parts.netloc, "/" + dbname, parts.query, ""))
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    return url
+
+
+@dataclass
+class Server:
+    """Creates and drops the benchmark's throwaway databases."""
+
+    admin_url: str
+    prefix: str = field(default_factory=lambda: f"migrate_bench_{uuid.uuid4().hex[:8]}")
+    created: list[str] = field(default_factory=list)
+
+    def create(self, label: str) -> str:
+        name = f"{self.prefix}_{label}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.created.append(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if name in self.created:
+            self.created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self.created):
+            try:
+                self.drop(name)
+            except psycopg.Error as err:  # keep going: drop what we can
+                print(f"warning: could not drop {name}: {err}", file=sys.stderr)
+
+    def url(self, name: str, scheme: str | None = None) -> str:
+        return with_database(self.admin_url, name, scheme)
+
+    def count_tables(self, name: str) -> int:
+        with psycopg.connect(self.url(name), autocommit=True) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public' AND tablename ~ '^t[0-9]+$'"
+            ).fetchone()[0]
+
+
+def env_for_cli() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env["PYTHONDONTWRITEBYTECODE"] = "0"
+    return env
+
+
+def timed(cmd: list[str], cwd: Path, log: Path | None = None) -> float:
+    """Wall time of ``cmd``; raises with its output when it fails."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=cwd, env=env_for_cli(), stdout=subprocess.DEVNULL, stderr=out)
+        elapsed = time.perf_counter() - started
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:] if log else ""
+        raise SystemExit(f"benchmark command failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return elapsed
+
+
+def write_migrations(folder: Path, count: int) -> Path:
+    """``count`` one-statement migration files, plus their concatenation for psql."""
+    folder.mkdir(parents=True)
+    width = max(4, len(str(count)))
+    statements = []
+    for n in range(1, count + 1):
+        statement = f"CREATE TABLE t{n} (id int);\n"
+        (folder / f"{n:0{width}d}_create_t{n}.sql").write_text(statement, encoding="utf-8")
+        statements.append(statement)
+    script = folder.parent / "all.sql"
+    script.write_text("".join(statements), encoding="utf-8")
+    return script
+
+
+def imported_modules(cmd: list[str], cwd: Path) -> tuple[float, set[str]]:
+    """Total import time (s) of ``cmd`` (a python -m invocation) and the top-level packages it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *cmd], cwd=cwd, env=env_for_cli(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    total_us = 0
+    names: set[str] = set()
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _cumulative, name = line[len("import time:"):].split("|")
+        total_us += int(self_us)
+        names.add(name.strip().split(".")[0])
+    return total_us / 1e6, names
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Row:
+    label: str
+    times: list[float]
+    group: str  # "apply", "noop", "cold"
+    tool: str   # "psql", "yoyo", "migrate", "other"
+    note: str = ""
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    server = Server(args.url)
+    work = Path(tempfile.mkdtemp(prefix="migrate-bench-"))
+    migrate = [str(BIN / "migrate")]
+    yoyo = [str(BIN / "yoyo")]
+    psql = shutil.which("psql")
+    rows: dict[str, Row] = {}
+
+    def add(key: str, label: str, group: str, tool: str, seconds: float) -> None:
+        rows.setdefault(key, Row(label, [], group, tool)).times.append(seconds)
+
+    try:
+        folder = work / "migrations"
+        script = write_migrations(folder, args.count)
+        n = args.count
+        keep: dict[str, str] = {}
+        for r in range(1, args.rounds + 1):
+            if psql:
+                db = server.create(f"psql_{r}")
+                add("apply_psql", f"apply {n}: psql -f (autocommit)", "apply", "psql",
+                    timed([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.url(db), "-f", str(script)],
+                          work, work / "psql.log"))
+                _check(server, db, n, "psql")
+                server.drop(db)
+
+            db = server.create(f"yoyo_{r}")
+            add("apply_yoyo", f"apply {n}: yoyo apply", "apply", "yoyo",
+                timed([*yoyo, "apply", "--batch", "--no-config-file", "--database",
+                       server.url(db, "postgresql+psycopg"), str(folder)], work, work / "yoyo.log"))
+            _check(server, db, n, "yoyo")
+            if r < args.rounds:
+                server.drop(db)
+            else:
+                keep["yoyo"] = db
+
+            db = server.create(f"migrate_{r}")
+            add("apply_migrate", f"apply {n}: migrate up", "apply", "migrate",
+                timed([*migrate, "--database", server.url(db), "--migrations", str(folder), "--log-format", "json",
+                       "up"], work, work / "migrate.log"))
+            _check(server, db, n, "migrate")
+            if r < args.rounds:
+                server.drop(db)
+            else:
+                keep["migrate"] = db
+            print(f"round {r}/{args.rounds} done", file=sys.stderr)
+
+        for _ in range(args.noop_runs):
+            add("noop_yoyo", f"no-op up, {n} applied: yoyo apply", "noop", "yoyo",
+                timed([*yoyo, "apply", "--batch", "--no-config-file", "--database",
+                       server.url(keep["yoyo"], "postgresql+psycopg"), str(folder)], work, work / "yoyo.log"))
+            add("noop_migrate", f"no-op up, {n} applied: migrate up", "noop", "migrate",
+                timed([*migrate, "--database", server.url(keep["migrate"]), "--migrations", str(folder),
+                       "--log-format", "json", "up"], work, work / "migrate.log"))
+        for _ in range(args.noop_runs):
+            add("status_migrate", f"migrate status, {n} applied", "cold", "migrate",
+                timed([*migrate, "--database", server.url(keep["migrate"]), "--migrations", str(folder),
+                       "--log-format", "json", "status"], work, work / "migrate.log"))
+
+        for _ in range(args.cold_runs):
+            add("cold_python", "cold start: python -c pass", "cold", "other",
+                timed([sys.executable, "-c", "pass"], work))
+            add("cold_help", "cold start: migrate --help", "cold", "migrate", timed([*migrate, "--help"], work))
+            add("cold_yoyo_help", "cold start: yoyo --help", "cold", "yoyo", timed([*yoyo, "--help"], work))
+
+        target = ["--database", server.url(keep["migrate"]), "--migrations", str(folder), "--log-format", "json"]
+        for key, argv in (("cold_help", ["-m", "runner", "--help"]),
+                          ("status_migrate", ["-m", "runner", *target, "status"]),
+                          ("noop_migrate", ["-m", "runner", *target, "up"])):
+            seconds, names = imported_modules(argv, work)
+            heavy = [m for m in HEAVY_MODULES if m in names]
+            rows[key].note = f"imports {seconds * 1000:.0f} ms: {', '.join(heavy) or 'none of the heavy ones'}"
+    finally:
+        server.drop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return list(rows.values())
+
+
+def _check(server: Server, db: str, expected: int, tool: str) -> None:
+    found = server.count_tables(db)
+    if found != expected:
+        raise SystemExit(f"{tool}: expected {expected} tables t1..t{expected}, found {found}")
+
+
+# ----------------------------------------------------------------------------- report
+
+def table(rows: list[Row]) -> str:
+    ref = {(r.group, r.tool): r.median for r in rows}
+    psql = ref.get(("apply", "psql"))
+    lines = [f"{'benchmark':42} {'runs':>4} {'best s':>8} {'median s':>9} {'vs psql':>8} {'vs yoyo':>8}  notes",
+             "-" * 110]
+    for r in rows:
+        vs_psql = f"{r.median / psql:.2f}x" if psql and r.group == "apply" else ""
+        yoyo = ref.get((r.group, "yoyo"))
+        vs_yoyo = f"{r.median / yoyo:.2f}x" if yoyo and r.group in ("apply", "noop") else ""
+        if r.label.startswith("cold start: migrate --help"):
+            vs_yoyo = f"{r.median / ref[('cold', 'yoyo')]:.2f}x" if ("cold", "yoyo") in ref else ""
+        lines.append(f"{r.label:42} {len(r.times):>4} {r.best:>8.3f} {r.median:>9.3f} {vs_psql:>8} {vs_yoyo:>8}  {r.note}")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    by = {(r.group, r.tool): r for r in rows}
+    out = []
+    if ("apply", "psql") in by:
+        ratio = by[("apply", "migrate")].median / by[("apply", "psql")].median
+        out.append(f"{'PASS' if ratio <= 1.5 else 'MISS'}: apply is {ratio:.2f}x psql (target <= 1.5x)")
+    ratio = by[("noop", "migrate")].median / by[("noop", "yoyo")].median
+    out.append(f"{'PASS' if ratio <= 1.0 else 'MISS'}: no-op up is {ratio:.2f}x yoyo (target <= 1.0x)")
+    heavy = [r for r in rows if r.tool == "migrate" and "sqlalchemy" in r.note]
+    out.append(("MISS: SQLAlchemy imported by " + ", ".join(r.label for r in heavy)) if heavy
+               else "PASS: --help, status and up do not import SQLAlchemy")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1000, help="migrations to apply (default 1000)")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh-database apply runs per tool (default 3)")
+    parser.add_argument("--noop-runs", type=int, default=5, help="no-op up / status runs per tool (default 5)")
+    parser.add_argument("--cold-runs", type=int, default=10, help="cold-start runs (default 10)")
+    parser.add_argument("--url", default=os.environ.get("MIGRATE_BENCH_DATABASE_URL", DEFAULT_URL),
+                        help="admin URL with CREATEDB rights (env MIGRATE_BENCH_DATABASE_URL)")
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.rounds < 1 or args.noop_runs < 1 or args.cold_runs < 1:
+        parser.error("--count, --rounds, --noop-runs and --cold-runs must be >= 1")
+    if not shutil.which("psql"):
+        print("warning: psql not found on PATH: the psql row and the vs-psql ratios are left out", file=sys.stderr)
+    try:
+        psycopg.connect(args.url, connect_timeout=5).close()
+    except psycopg.Error as err:
+        print(f"cannot connect to {redact(args.url)}: {err}", file=sys.stderr)
+        return 2
+    with psycopg.connect(args.url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        fsync, sync = conn.execute("SELECT current_setting('fsync'), current_setting('synchronous_commit')").fetchone()
+    rows = run(args)
+    print(f"PostgreSQL {version} at {redact(args.url)} (fsync={fsync}, synchronous_commit={sync}); "
+          f"{args.count} migrations; {os.cpu_count()} CPUs; wall time of a fresh CLI process per run")
+    print(table(rows))
+    print()
+    for line in verdicts(rows):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""What the schema snapshot costs per migration (PostgreSQL).
+
+    .venv/bin/python bench/snapshot_cost.py [--count 1000] [--url postgresql://postgres@127.0.0.1:5432/postgres]
+
+1. One full snapshot (take + store) against schemas of 0, 10, 100 and 1,000 tables.
+2. `migrate up` of N trivial migrations (`CREATE TABLE tN (id int)`) through
+   runner.commands.up with: no snapshot hook; SnapshotHook(final_migration_id)
+   (one snapshot per run: the shipped choice); SnapshotHook() (the folder's head);
+   SnapshotHook(every=True) (one per migration). Each on a fresh database, best of --repeat
+   runs; prints total seconds and ms per migration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _db_url(admin: str, name: str) -> str:
+    parts = urlsplit(admin)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def fresh_database(admin: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"bench_snapshot_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, _db_url(admin, name)
+
+
+def drop_database(admin: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def full_snapshot_costs(admin: str) -> list[tuple[int, float, float]]:
+    import psycopg
+
+    from runner.snapshot import store_snapshot, take_snapshot
+
+    name, url = fresh_database(admin)
+    rows = []
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            made = 0
+            for size in (0, 10, 100, 1000):
+                for i in range(made, size):
+                    conn.execute(f"CREATE TABLE t{i} (id int, name text)")
+                made = size
+                take_snapshot(conn, "postgresql", "public")
+                repeat = 20
+                started = time.perf_counter()
+                for _ in range(repeat):
+                    take_snapshot(conn, "postgresql", "public")
+                take = (time.perf_counter() - started) / repeat
+                started = time.perf_counter()
+                for _ in range(repeat):
+                    with conn.transaction():
+                        store_snapshot(conn, "postgresql", "public", "x", take_snapshot(conn, "postgresql", "public"))
+                both = (time.perf_counter() - started) / repeat
+                rows.append((size, take * 1000, both * 1000))
+    finally:
+        drop_database(admin, name)
+    return rows
+
+
+def run_up(admin: str, count: int, hook: str) -> float:
+    from runner import commands
+    from runner.config import load_settings
+    from runner.snapshot import SnapshotHook
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        width = len(str(count))
+        for i in range(1, count + 1):
+            (folder / f"{i:0{width}d}_t{i}.sql").write_text(f"CREATE TABLE t{i} (id int);\n")
+        name, url = fresh_database(admin)
+        try:
+            settings = load_settings({"database": url, "migrations": str(folder)}, env={})
+            last = f"{count:0{width}d}_t{count}"
+            hooks = {"none": [], "final": [SnapshotHook(final_migration_id=last)], "every": [SnapshotHook(every=True)],
+                     "default": [SnapshotHook()]}[hook]
+            started = time.perf_counter()
+            commands.up(settings, hooks=hooks)
+            return time.perf_counter() - started
+        finally:
+            drop_database(admin, name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per variant; the best is shown")
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    opts = parser.parse_args()
+    import structlog
+    import logging
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    print("full snapshot of the schema (one call)")
+    print(f"{'tables':>8}  {'take ms':>8}  {'take+store ms':>14}")
+    for size, take, both in full_snapshot_costs(opts.url):
+        print(f"{size:>8}  {take:>8.2f}  {both:>14.2f}")
+    print(f"\nmigrate up of {opts.count} trivial migrations")
+    print(f"{'snapshot hook':<34}  {'total s':>8}  {'ms/migration':>12}")
+    for hook, label in (("none", "none"), ("final", "SnapshotHook(final_migration_id)"),
+                        ("default", "SnapshotHook() (head of folder)"),
+                        ("every", "SnapshotHook(every=True)")):
+        seconds = min(run_up(opts.url, opts.count, hook) for _ in range(opts.repeat))
+        print(f"{label:<34}  {seconds:>8.2f}  {seconds / opts.count * 1000:>12.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
