@@ -18,7 +18,7 @@ Identifiers follow PostgreSQL's rules:
 (``2026-12-31``: the shim stays through that day and expires at the following
 midnight UTC) or an ISO timestamp with a time zone. Neither: the config's
 ``[compat] default_window``. ``expose=both`` makes the shim show the new name
-too, right after the old one (see docs/compat.md for why that breaks strict
+too, right after the old one (see README.md for why that breaks strict
 ``SELECT *`` scanners). Options may come in any order, each at most once.
 
 ``[[renames]]`` config entries use the same identifier grammar for ``table``

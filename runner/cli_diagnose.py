@@ -2,7 +2,7 @@
 lead-owned commands call (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
 
 Register with ``for command in COMMANDS: cli.add_command(command)``. Each
-command returns its exit code (see docs/diagnose.md).
+command returns its exit code (see README.md).
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def latest_snapshot(connection: Any, dialect: str, schema: str | None) -> Stored
 class SnapshotHook:
     """Stores a snapshot of the managed schema inside a migration's transaction.
 
-    Cost (measured by bench/snapshot_cost.py, see docs/diagnose.md): a full
+    Cost (measured by bench/snapshot_cost.py, see README.md): a full
     snapshot is two catalog queries plus an INSERT, about 1.5 ms on a small
     schema and 27 ms with 1,000 tables. Taken after every migration, a run of
     1,000 trivial migrations costs ~9.5 ms per migration instead of ~2: far

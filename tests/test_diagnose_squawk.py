@@ -1,4 +1,4 @@
-"""`migrate lint` vs squawk (squawk-cli) on the same corpus: the differences docs/diagnose.md documents.
+"""`migrate lint` vs squawk (squawk-cli) on the same corpus: the differences README.md documents.
 
 Runs bench/lint_vs_squawk.py's comparison (both tools, for real) and checks each documented
 difference still holds, so the documentation cannot silently go stale.
