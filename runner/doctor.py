@@ -90,49 +90,21 @@ def _label(m: Any) -> str:
 
 def lock_finding(db: Any) -> Finding | None:
     """Who holds the runner's lock, with enough to find them."""
-    if db.dialect == "postgresql":
-        from runner.lock import lock_key
+    from runner.lock import holder
 
-        classid, objid = lock_key(db)
-        row = db.execute(
-            "SELECT a.pid, a.usename, a.application_name, host(a.client_addr), a.backend_start, a.state, "
-            "a.query_start, left(a.query, 200), now() - a.query_start "
-            "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :c AND l.objid = :o "
-            "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
-            "AND l.pid <> pg_backend_pid()",
-            {"c": classid, "o": objid},
-        ).fetchone()
-        if row is None:
-            return None
-        pid, user, app, addr, started, state, query_start, query, running = row
-        running_s = f", current statement running for {int(running.total_seconds())}s" if running else ""
-        return Finding(
-            "lock-held", f"pid {pid}",
-            f"the migration lock is held by pid {pid} (user {user}, application_name {app!r}, client "
-            f"{addr or 'local socket'}, connected {started:%Y-%m-%d %H:%M:%S}, state {state}{running_s}; "
-            f"last statement: {' '.join((query or '').split())[:120]!r}): a migration run is in progress",
-            f"wait for it; if that process is gone or stuck: SELECT pg_terminate_backend({pid}) "
-            "(the lock is released with the session)")
-    import fcntl
-    import os
-
-    path = getattr(getattr(db.backend, "uri", None), "database", None)
-    if not path or not os.path.exists(path + ".lock"):
+    who = holder(db)
+    if who is None:
         return None
-    fd = os.open(path + ".lock", os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            return Finding("lock-held", f"pid {pid}",
-                           f"the migration lock file {path}.lock is held by pid {pid}: a migration run is in "
-                           "progress", f"wait for it; if pid {pid} is stuck, stop it (the lock goes with it)")
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    if who.lock_file:
+        return Finding("lock-held", f"pid {who.pid}",
+                       f"the migration lock file {who.lock_file} is held by pid {who.pid}: a migration run is in "
+                       "progress", f"wait for it; if pid {who.pid} is stuck, stop it (the lock goes with it)")
+    return Finding(
+        "lock-held", f"pid {who.pid}",
+        f"the migration lock is held by {who.describe()}; last statement: "
+        f"{' '.join((who.query or '').split())[:120]!r}: a migration run is in progress",
+        f"wait for it; if that process is gone or stuck: SELECT pg_terminate_backend({who.pid}) "
+        "(the lock is released with the session)")
 
 
 def not_managed_finding(db: Any) -> Finding:

@@ -15,7 +15,8 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -32,29 +33,67 @@ def lock_key(db: Database) -> tuple[int, int]:
     return LOCK_CLASS, zlib.crc32((db.schema or "").encode()) & 0x7FFFFFFF
 
 
-def holder(db: Database) -> dict[str, object] | None:
-    """Who holds the runner's advisory lock (PostgreSQL), or None."""
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds the runner's lock. On SQLite only ``pid`` (from the lock file) is known."""
+
+    pid: str
+    user: str | None = None
+    application_name: str | None = None
+    client_addr: str | None = None
+    backend_start: datetime | None = None
+    state: str | None = None
+    running_for: timedelta | None = None
+    query: str | None = None
+    lock_file: str | None = None
+
+    def describe(self) -> str:
+        if self.lock_file:
+            return f"pid {self.pid} (lock file {self.lock_file})"
+        started = f"{self.backend_start:%Y-%m-%d %H:%M:%S}" if self.backend_start else "?"
+        running = f", current statement running for {int(self.running_for.total_seconds())}s" if self.running_for else ""
+        return (f"pid {self.pid} (user {self.user}, application_name={self.application_name!r}, "
+                f"client {self.client_addr or 'local socket'}, connected {started}, state {self.state}{running})")
+
+
+def holder(db: Database) -> LockHolder | None:
+    """Who else holds the runner's lock, or None."""
     if db.dialect != "postgresql":
-        return None
+        return _file_holder(db.backend.uri.database + ".lock")
     classid, objid = lock_key(db)
     row = db.execute(
-        "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start, a.state "
+        "SELECT a.pid, a.usename, a.application_name, host(a.client_addr), a.backend_start, a.state, "
+        "now() - a.query_start, left(a.query, 200) "
         "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :c AND l.objid = :o "
-        "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+        "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+        "AND l.pid <> pg_backend_pid()",
         {"c": classid, "o": objid},
     ).fetchone()
     if row is None:
         return None
-    return {"pid": row[0], "application_name": row[1], "client_addr": row[2],
-            "backend_start": row[3].isoformat() if row[3] else None, "state": row[4]}
+    return LockHolder(str(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 
 
-def describe_holder(info: dict[str, object] | None) -> str:
-    if not info:
-        return "another runner"
-    return (f"pid {info['pid']} (application_name={info['application_name']!r}, "
-            f"client {info['client_addr'] or 'local socket'}, connected {info['backend_start']})")
+def _file_holder(path: str) -> LockHolder | None:
+    import fcntl
+
+    if not os.path.exists(path):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return LockHolder(os.pread(fd, 32, 0).decode(errors="replace").strip() or "?", lock_file=path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_holder(info: LockHolder | None) -> str:
+    return info.describe() if info else "another runner"
 
 
 @contextmanager
@@ -116,15 +155,8 @@ def _file_lock(db: Database, wait: timedelta) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
         return True
 
-    def describe() -> str:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return f"pid {fh.read().strip() or '?'} (lock file {path})"
-        except OSError:
-            return f"another runner (lock file {path})"
-
     try:
-        _poll(try_once, wait, describe)
+        _poll(try_once, wait, lambda: describe_holder(_file_holder(path)))
         yield
     finally:
         os.close(fd)

@@ -144,7 +144,7 @@ def test_lock_held_and_by_whom(pg_url, example_migrations):
         result = doctor(pg_url, example_migrations)
         assert result.returncode == 1, result
         assert f"LOCK-HELD: the migration lock is held by pid {pid}" in result.stdout
-        assert "application_name 'deploy-job-42'" in result.stdout
+        assert "application_name='deploy-job-42'" in result.stdout
         assert f"SELECT pg_terminate_backend({pid})" in result.stdout
     assert doctor(pg_url, example_migrations).returncode == 0
 
