@@ -57,6 +57,7 @@ class _Snapshot:
 class _Plan:
     snapshots: list[_Snapshot]
     refresh: list[tuple[Shim, int | None]]  # views dropped in before(): (shim, base table oid on PostgreSQL)
+    idle: bool = False  # nothing declared and no active shim: after() has nothing to check
 
 
 def version_label(ctx: MigrationContext) -> str:
@@ -89,11 +90,19 @@ class CompatHook:
     def __init__(self, settings: Settings | None = None, *, create_shims: bool = True) -> None:
         self.create_shims = create_shims
         self._plans: dict[str, _Plan] = {}
+        # Whether the registry has active shims, read once per run: only migrations (applied
+        # under the runner's lock, through this hook) create shims, so it can only turn True here.
+        self._any_active: bool | None = None
 
     # -- before -----------------------------------------------------------------
     def before(self, ctx: MigrationContext) -> None:
         registry = Registry(ctx.connection, ctx.dialect, ctx.schema)
         declarations = declarations_for(ctx.migration, ctx.settings) if ctx.direction == "apply" else []
+        if self._any_active is None:
+            self._any_active = bool(registry.shims("active"))
+        if ctx.direction == "apply" and not declarations and not self._any_active:
+            self._plans[ctx.migration.id] = _Plan([], [], idle=True)
+            return
         if ctx.direction == "rollback":
             self._retire_for_rollback(ctx, registry)
         if ctx.dialect == "postgresql":
@@ -210,6 +219,8 @@ class CompatHook:
         plan = self._plans.pop(ctx.migration.id, None)
         if plan is None:
             raise MigrationFailed(f"{ctx.migration.id}: compat hook: after() called without before()")
+        if plan.idle:
+            return
         registry = Registry(ctx.connection, ctx.dialect, ctx.schema)
         if ctx.dialect == "postgresql":
             self._verify_pg(ctx, plan)
@@ -345,6 +356,7 @@ class CompatHook:
         from compat import sqlite_views, views
 
         registry.ensure()
+        self._any_active = True
         label = version_label(ctx)
         now = registry.now()
         default_window = _default_window(ctx)

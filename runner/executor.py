@@ -2,8 +2,8 @@
 
 yoyo runs each migration on a new connection and records it afterwards on
 another, so a crash in between leaves the schema changed but unrecorded. Here
-the steps (executed by yoyo's own step machinery) and the tracking rows commit
-together. The connection is reused for speed; session state a migration
+the statements (or, for Python migrations, yoyo's own step machinery), the
+hooks and the tracking rows commit together. The connection is reused for speed; session state a migration
 changes (search_path, role, timeouts, prepared statements) is reset after each
 one, without releasing the runner's session-level advisory lock.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import structlog
 
@@ -40,21 +40,22 @@ class Executor:
     hooks: Sequence[MigrationHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._search_path: str | None = None
-        self._statement_timeout: str | None = None
+        # The runner's own statements are batched: BEGIN + SET LOCAL lock_timeout in one query,
+        # the restore of role/search_path/statement_timeout in one, COMMIT + session reset in one.
+        self._begin_sql = "BEGIN"
+        self._restore_sql: str | None = None
+        self._commit_sql = "COMMIT"
         if self.db.dialect == "postgresql":
             from psycopg import sql
 
-            self._search_path, self._statement_timeout = self.db.execute(
-                "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
             conn = self.db.connection
-            # Fewer round trips per migration (the runner's own statements are batched):
-            # BEGIN + SET LOCAL lock_timeout in one query, the restore in one, COMMIT + reset in one.
+            search_path, statement_timeout = self.db.execute(
+                "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
             self._begin_sql = "BEGIN; " + lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True)
             self._restore_sql = sql.SQL(
                 "RESET ROLE; SELECT set_config('search_path', {}, true), set_config('statement_timeout', {}, true)"
-            ).format(sql.Literal(self._search_path), sql.Literal(self._statement_timeout)).as_string(conn)
-            self._commit_reset_sql = "COMMIT; " + self._reset_sql()
+            ).format(sql.Literal(search_path), sql.Literal(statement_timeout)).as_string(conn)
+            self._commit_sql = "COMMIT; " + self._reset_sql()
             # The session reset runs DEALLOCATE ALL after every migration, so psycopg's automatic
             # server-side prepared statements would only be prepared and deallocated again.
             conn.prepare_threshold = None
@@ -114,106 +115,66 @@ class Executor:
         raise AssertionError("unreachable")
 
     def _transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> None:
-        if self.db.dialect == "postgresql":
-            self._transactional_pg(migration, ctx, tracker, started)
-            return
-        backend = self.db.backend
-        with backend.transaction():
-            if self.db.dialect == "postgresql":
-                self.db.execute(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True))
-            for hook in self.hooks:
-                hook.before(ctx)
-            self._steps(migration, ctx.direction, tracker).process_steps(backend, ctx.direction)
-            tracker.current = None
-            self._restore_for_bookkeeping()
-            for hook in self.hooks:
-                hook.after(ctx)
-            self._record(migration, ctx.direction, started)
-        self._reset_session()
-
-    def _transactional_pg(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker,
-                          started: float) -> None:
-        """The same steps as the generic path, in five round trips (plus one per statement).
-
-        BEGIN + SET LOCAL lock_timeout; hooks' before(); each statement; restore of role,
-        search_path and statement_timeout; hooks' after(); the bookkeeping rows (pipelined);
-        COMMIT + session reset. On any error the caller's ``_recover`` rolls back (yoyo's
-        ``_in_transaction`` flag is set for the whole block, as ``backend.transaction()`` does).
+        """BEGIN (+ SET LOCAL lock_timeout); hooks' before(); the statements; restore of role,
+        search_path and statement_timeout; hooks' after(); the bookkeeping rows; COMMIT (+ session
+        reset). On any error the caller's ``_recover`` rolls back.
         """
         backend = self.db.backend
         conn = self.db.connection
         assert not backend._in_transaction
-        backend._in_transaction = True
+        backend._in_transaction = True  # yoyo's flag: Python steps nest as savepoints in our transaction
         conn.execute(self._begin_sql)
         for hook in self.hooks:
             hook.before(ctx)
-        if migration.format == "python":
-            self._steps(migration, ctx.direction, tracker).process_steps(backend, ctx.direction)
-        else:
-            # The SQL statements directly, without yoyo's per-step savepoints (a failure rolls
-            # back the whole transaction anyway); our own cursor: yoyo prints result rows to stdout.
-            statements = migration.up if ctx.direction == "apply" else list(reversed(migration.down))
-            cursor = conn.cursor()
-            try:
-                for statement in statements:
-                    tracker.current = statement
-                    cursor.execute(statement.sql)
-            finally:
-                cursor.close()
-        tracker.current = None
-        self._restore_for_bookkeeping()
+        self._execute(migration, ctx.direction, tracker)
+        if self._restore_sql:
+            conn.execute(self._restore_sql)
         for hook in self.hooks:
             hook.after(ctx)
         self._record(migration, ctx.direction, started)
-        conn.execute(self._commit_reset_sql)
+        conn.execute(self._commit_sql)
         backend._in_transaction = False
 
     def _non_transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> None:
+        """Statements in autocommit; hooks' after() and the bookkeeping only once all succeeded."""
         if self.db.dialect == "postgresql":
             self.db.execute(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=False))
         for hook in self.hooks:
             hook.before(ctx)
-        self._steps(migration, ctx.direction, tracker).process_steps(self.db.backend, ctx.direction)
-        tracker.current = None
+        self._execute(migration, ctx.direction, tracker)
         self._reset_session()
         with self.db.backend.transaction():
             for hook in self.hooks:
                 hook.after(ctx)
             self._record(migration, ctx.direction, started)
 
-    def _steps(self, migration: MigrationFile, direction: str, tracker: _Tracker) -> Any:
-        """A yoyo Migration carrying this file's steps, executed by yoyo's process_steps."""
-        from yoyo.migrations import Migration, StepCollector
+    def _execute(self, migration: MigrationFile, direction: str, tracker: _Tracker) -> None:
+        """Run the migration's statements (file order) or, for Python migrations, yoyo's steps.
 
-        yoyo_migration = Migration(migration.id, migration.path, None)
-        yoyo_migration.use_transactions = migration.transactional
-        yoyo_migration._depends = set()
+        SQL statements run on our own cursor: yoyo's string steps print result rows to stdout
+        and wrap each statement in a savepoint that an all-or-nothing migration does not need.
+        """
         if migration.format == "python":
-            yoyo_migration.steps = migration.python_steps
-            return yoyo_migration
-        collector = StepCollector(migration=yoyo_migration)
-        if direction == "apply":
-            for statement in migration.up:
-                collector.add_step(_sql_step(statement, tracker))
-        else:
-            for statement in reversed(migration.down):
-                collector.add_step(None, _sql_step(statement, tracker))
-        yoyo_migration.steps = collector.create_steps(migration.transactional)
-        return yoyo_migration
+            from yoyo.migrations import Migration
+
+            steps = Migration(migration.id, migration.path, None)
+            steps.use_transactions = migration.transactional
+            steps._depends = set()
+            steps.steps = migration.python_steps
+            steps.process_steps(self.db.backend, direction)
+            return
+        cursor = self.db.connection.cursor()
+        try:
+            for statement in migration.up if direction == "apply" else migration.down:
+                tracker.current = statement
+                cursor.execute(statement.sql)
+        finally:
+            cursor.close()
+        tracker.current = None
 
     def _record(self, migration: MigrationFile, direction: str, started: float) -> None:
         duration_ms = int((time.perf_counter() - started) * 1000)
-        if self.db.dialect == "postgresql" and self.db.backend._in_transaction:
-            # One round trip for the six bookkeeping statements (errors surface at the pipeline's end).
-            with self.db.connection.pipeline():
-                history.record(self.db, migration, direction, duration_ms)
-        else:
-            history.record(self.db, migration, direction, duration_ms)
-
-    def _restore_for_bookkeeping(self) -> None:
-        """Undo, for the rest of this transaction, a role, search_path or statement_timeout the migration set."""
-        if self.db.dialect == "postgresql":
-            self.db.connection.execute(self._restore_sql)
+        history.record(self.db, migration, direction, duration_ms)  # one round trip on PostgreSQL
 
     def _reset_session(self) -> None:
         """Session settings a migration changed must not leak into the next one.
@@ -251,16 +212,3 @@ class Executor:
             statement = f" in statement `{first[:120]}{'...' if len(first) > 120 else ''}`"
         done = "rolled back" if migration.transactional else "statements before it stay applied (non-transactional)"
         return f"{where}: migration {migration.id} failed{statement}: {one_line(err)}; {done}"
-
-
-def _sql_step(statement: Statement, tracker: _Tracker):
-    def run(connection: Any) -> None:
-        # Our own step instead of yoyo's string step: yoyo prints result rows to stdout.
-        tracker.current = statement
-        cursor = connection.cursor()
-        try:
-            cursor.execute(statement.sql)
-        finally:
-            cursor.close()
-
-    return run

@@ -100,49 +100,84 @@ def db_user(db: Database) -> str | None:
     return getattr(info, "user", None)
 
 
+class _Batch:
+    """The statements of one bookkeeping operation.
+
+    On PostgreSQL they are bound client-side (psycopg's ClientCursor quoting) and sent as ONE
+    simple-protocol query: same statements, same order, same transaction, but one round trip
+    and no per-statement extended-protocol cost (measured: ~0.35 ms instead of ~0.9 ms for the
+    six statements of an apply, pipelined). Elsewhere each statement is executed at once.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.statements: list[tuple[str, dict[str, Any]]] = []
+
+    def execute(self, sql: str, params: dict[str, Any]) -> None:
+        if self.db.dialect == "postgresql":
+            self.statements.append((sql, params))
+        else:
+            self.db.execute(sql, params)
+
+    def flush(self) -> None:
+        if not self.statements:
+            return
+        from psycopg import ClientCursor
+        from yoyo.utils import change_param_style
+
+        cursor = ClientCursor(self.db.connection)
+        paramstyle = self.db.backend.driver.paramstyle
+        parts = [cursor.mogrify(*change_param_style(paramstyle, sql, params)) for sql, params in self.statements]
+        self.statements = []
+        self.db.connection.execute(";\n".join(parts))
+
+
 def record(db: Database, migration: MigrationFile, operation: str, duration_ms: int = 0, detail: str | None = None) -> None:
     """Write the rows for ``operation`` (apply, mark, rollback, unmark, rehash)."""
     by = actor(db_user(db))
     now = _now(db)
     history = db.qualify(HISTORY)
+    batch = _Batch(db)
     if operation in ("apply", "mark"):
-        db.execute(f"DELETE FROM {history} WHERE migration_id = :id", {"id": migration.id})
-        db.execute(
+        batch.execute(f"DELETE FROM {history} WHERE migration_id = :id", {"id": migration.id})
+        batch.execute(
             f"INSERT INTO {history} (migration_id, checksum, applied_at, applied_by, duration_ms) "
             "VALUES (:id, :checksum, :at, :by, :ms)",
             {"id": migration.id, "checksum": migration.checksum, "at": now, "by": by, "ms": duration_ms},
         )
     elif operation in ("rollback", "unmark"):
-        db.execute(f"DELETE FROM {history} WHERE migration_id = :id", {"id": migration.id})
+        batch.execute(f"DELETE FROM {history} WHERE migration_id = :id", {"id": migration.id})
     elif operation == "rehash":
-        db.execute(
+        batch.execute(
             f"UPDATE {history} SET checksum = :checksum WHERE migration_id = :id",
             {"id": migration.id, "checksum": migration.checksum},
         )
-    db.execute(
+    batch.execute(
         f"INSERT INTO {db.qualify(LOG)} (migration_id, operation, checksum, at, by, detail) "
         "VALUES (:id, :op, :checksum, :at, :by, :detail)",
         {"id": migration.id, "op": operation, "checksum": migration.checksum, "at": now, "by": by, "detail": detail},
     )
     if operation != "rehash":
-        _record_yoyo(db, migration, operation)
+        _record_yoyo(batch, migration, operation)
+    batch.flush()
 
 
-def _record_yoyo(db: Database, migration: MigrationFile, operation: str) -> None:
+def _record_yoyo(batch: _Batch, migration: MigrationFile, operation: str) -> None:
     """Keep yoyo's tables in step, so ``yoyo list`` agrees with ``migrate status``."""
     from yoyo.migrations import get_migration_hash
 
+    db = batch.db
     migration_hash = get_migration_hash(migration.id)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     when = now if db.dialect == "postgresql" else now.isoformat(" ")
     table = db.qualify(YOYO_MIGRATION)
-    db.execute(f"DELETE FROM {table} WHERE migration_hash = :h", {"h": migration_hash})
+    batch.execute(f"DELETE FROM {table} WHERE migration_hash = :h", {"h": migration_hash})
     if operation in ("apply", "mark"):
-        db.execute(
+        batch.execute(
             f"INSERT INTO {table} (migration_hash, migration_id, applied_at_utc) VALUES (:h, :id, :at)",
             {"h": migration_hash, "id": migration.id, "at": when},
         )
-    db.execute(
+    batch.execute(
         f"INSERT INTO {db.qualify(YOYO_LOG)} (id, migration_hash, migration_id, operation, username, hostname, "
         "comment, created_at_utc) VALUES (:uid, :h, :id, :op, :user, :host, :comment, :at)",
         {

@@ -58,10 +58,22 @@ def _migration_paths(folder: Path) -> tuple[list[Path], set[str]]:
     return [folder / name for name in sorted(names)], files
 
 
+def _read_bytes(path: Path) -> bytes:
+    """``path.read_bytes()`` without the buffered file object (half the cost for small files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_text(path: Path) -> str:
     """File content as text: UTF-8 (BOM removed), line endings normalised to LF."""
     try:
-        data = path.read_bytes()
+        data = _read_bytes(path)
     except OSError as err:
         raise MigrationFileError(str(path), f"cannot read file: {err.strerror}") from None
     if data.startswith(b"\xef\xbb\xbf"):

@@ -131,3 +131,18 @@ def test_help_lists_commands() -> None:
     assert result.returncode == 0
     for command in ("up", "status", "verify", "down", "new", "mark", "unmark", "rehash"):
         assert f"  {command}" in result.stdout
+
+
+def test_down_runs_rollback_statements_in_file_order(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {
+        "001_a.sql": "CREATE TABLE a (id int);",
+        "001_a.rollback.sql": "CREATE TABLE a_archive AS SELECT * FROM a;\nDROP TABLE a;",
+        "002_b.sql": "-- +goose Up\nCREATE TABLE b (id int);\n"
+                     "-- +goose Down\nCREATE TABLE b_archive AS SELECT * FROM b;\nDROP TABLE b;\n",
+    })
+    for url in (pg_url, f"sqlite:///{tmp_path / 'x.db'}"):
+        args = ("--database", url, "--migrations", str(folder))
+        assert run_migrate("up", *args).returncode == 0
+        result = run_migrate("down", "--steps", "2", *args)
+        assert result.returncode == 0, result.stderr
+    assert tables(pg_url) >= {"a_archive", "b_archive"} and not {"a", "b"} & tables(pg_url)

@@ -55,6 +55,9 @@ class Figures:
         for key, value in values.items():
             self.counts[section][key] += value
 
+    def maximum(self, section: str, key: str, value: int) -> None:
+        self.counts[section][key] = max(self.counts[section][key], value)
+
     def dump(self, path: str) -> None:
         data = {"long": LONG, "outputs_scanned": self.outputs_scanned, "secret_leaks": len(self.secret_leaks),
                 "sections": {k: dict(v) for k, v in self.counts.items()}}

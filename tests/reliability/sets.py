@@ -155,3 +155,86 @@ def numbered(folder: Path, start: int, count: int, slow: dict[int, float] | None
         files[mid + ".sql"] = body
     harness.write(folder, files)
     return ids
+
+
+# ----------------------------------------------------------------------------- SQLite (the embedded default)
+SQLITE_BURN = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) "
+               "SELECT count(*) FROM c;\n")  # ~0.1 s of work inside the transaction
+
+
+def write_kill_set_sqlite(folder: Path) -> list[str]:
+    """The kill set in SQLite's dialect: a CPU-bound statement stands in for pg_sleep."""
+    files: dict[str, str] = {}
+    files[_id(1) + ".sql"] = (
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY);\n"
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, acct_name TEXT NOT NULL, balance INTEGER NOT NULL DEFAULT 0);\n"
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 50) "
+        "INSERT INTO accounts SELECT x, 'acct ' || x, x FROM g;\n"
+        "INSERT INTO ledger (id) VALUES ('001_base');\n"
+    )
+    for i in range(2, KILL_SET_SIZE + 1):
+        mid = _id(i)
+        burn = SQLITE_BURN if i in SLOW else ""
+        if i == RENAME_AT:
+            files[mid + ".sql"] = (
+                "-- compat: rename accounts.acct_name -> account_name window=14d\n"
+                "ALTER TABLE accounts RENAME COLUMN acct_name TO account_name;\n"
+                f"{burn}"
+                "UPDATE accounts SET balance = balance + 1000;\n"
+                f"INSERT INTO ledger (id) VALUES ('{mid}');\n"
+            )
+            continue
+        t = f"m{i:03d}"
+        files[mid + ".sql"] = (
+            f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, v TEXT NOT NULL);\n"
+            f"WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < {ROWS}) "
+            f"INSERT INTO {t} SELECT x, 'v' || x FROM g;\n"
+            f"{burn}"
+            f"ALTER TABLE {t} ADD COLUMN w INTEGER NOT NULL DEFAULT {i};\n"
+            f"CREATE INDEX {t}_v ON {t} (v);\n"
+            f"INSERT INTO ledger (id) VALUES ('{mid}');\n"
+        )
+    harness.write(folder, files)
+    return kill_set_ids()
+
+
+def check_prefix_sqlite(path: Path, ids: list[str], shims: bool) -> int:
+    """:func:`check_prefix` for a SQLite file."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        names = {r[0]: r[1] for r in conn.execute("SELECT name, type FROM sqlite_master")}
+
+        def ids_of(table: str) -> list[str]:
+            if table not in names:
+                return []
+            return [r[0] for r in conn.execute(f"SELECT migration_id FROM {table} ORDER BY migration_id")]
+
+        applied = ids_of("_migrate_history")
+        k = len(applied)
+        assert applied == ids[:k], f"history is not a prefix of the set: {applied}"
+        assert ids_of("_yoyo_migration") == applied
+        if "_migrate_log" in names:
+            log = dict(conn.execute("SELECT migration_id, count(*) FROM _migrate_log WHERE operation = 'apply' "
+                                    "GROUP BY 1").fetchall())
+            assert log == {mid: 1 for mid in applied}, log
+        assert ("ledger" in names) == (k >= 1)
+        if k:
+            assert [r[0] for r in conn.execute("SELECT id FROM ledger ORDER BY id")] == applied
+            renamed = ids[RENAME_AT - 1] in applied
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(accounts)")]
+            assert cols == (["id", "account_name", "balance"] if renamed else ["id", "acct_name", "balance"]), cols
+            balance = conn.execute("SELECT sum(balance) FROM accounts").fetchone()[0]
+            assert balance == sum(range(1, 51)) + (50_000 if renamed else 0)
+            view = f"accounts__v{RENAME_AT - 1:03d}"
+            assert (view in names) == (renamed and shims), (view, sorted(names))
+        for i in range(2, KILL_SET_SIZE + 1):
+            if i == RENAME_AT:
+                continue
+            t = f"m{i:03d}"
+            assert (t in names) == (ids[i - 1] in applied), f"{ids[i - 1]}: table {t} vs history"
+            if t in names:
+                assert [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] == ["id", "v", "w"]
+                assert conn.execute(f"SELECT count(*), min(w), max(w) FROM {t}").fetchone() == (ROWS, i, i)
+                assert f"{t}_v" in names
+    return k

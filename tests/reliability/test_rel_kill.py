@@ -24,6 +24,7 @@ from reliability import harness, sets
 from reliability.harness import FIGURES, Spawned, db_args, run
 
 KILLS = harness.scaled(50, 300)
+SQLITE_KILLS = harness.scaled(10, 100)
 
 
 def _compat_args() -> list[str]:
@@ -147,6 +148,36 @@ def test_sigkill_inside_a_slow_statement_and_right_after_a_commit(target, folder
     with target.admin_conn() as conn:
         assert sets.check_prefix(conn, ids, shims) == len(ids)
     FIGURES.add("sigkill", injected=2, survived=2, inside_transaction=1, half_applied=0)
+
+
+def test_sigkill_on_sqlite_the_embedded_default(tmp_path, folder):
+    """The quickstart's database: kills leave a prefix, the file lock dies with the process."""
+    ids = sets.write_kill_set_sqlite(folder)
+    shims = harness.compat_ready()
+    db = tmp_path / "kill.db"
+    args = db_args(f"sqlite:///{db}", folder, "up", *_compat_args())
+    baseline = run(*args)
+    assert baseline.returncode == 0, baseline.describe()
+    assert sets.check_prefix_sqlite(db, ids, shims) == len(ids)
+    rng = random.Random()
+    landed, prefixes = 0, set()
+    for _ in range(SQLITE_KILLS * 3):
+        if landed >= SQLITE_KILLS:
+            break
+        for leftover in tmp_path.glob("kill.db*"):
+            leftover.unlink()
+        proc = Spawned(*args)
+        time.sleep(rng.uniform(0.0, baseline.seconds * 1.1))
+        if not proc.kill():
+            assert proc.wait().returncode == 0
+            continue
+        landed += 1
+        prefixes.add(sets.check_prefix_sqlite(db, ids, shims))
+        again = run(*db_args(f"sqlite:///{db}", folder, "up", "--lock-wait", "2s", *_compat_args()))
+        assert again.returncode == 0, again.describe()  # no stale lock: it did not wait 2 s and fail
+        assert sets.check_prefix_sqlite(db, ids, shims) == len(ids)
+    assert landed >= SQLITE_KILLS and len(prefixes) >= 3, (landed, prefixes)
+    FIGURES.add("sigkill_sqlite", injected=landed, survived=landed, distinct_prefixes=len(prefixes), half_applied=0)
 
 
 @pytest.mark.slow

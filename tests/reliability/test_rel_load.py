@@ -72,7 +72,7 @@ def _sample_up_waits(admin: str, database: str, stop: threading.Event, seen: lis
 
 def test_twenty_readers_while_up_runs(target, folder):
     count = 10
-    ids = sets.numbered(folder, 1, count, slow={i: 0.7 for i in range(2, count + 1)})
+    ids = sets.numbered(folder, 1, count, slow={i: 0.9 for i in range(2, count + 1)})
     shims = harness.compat_ready()
     up = Spawned(*db_args(target.url, folder, "up", *_compat_args()))
     with target.admin_conn() as conn:
