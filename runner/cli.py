@@ -269,6 +269,25 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
+def _database_error_code(err: BaseException) -> int | None:
+    """Exit code for a driver error raised outside a migration (those the executor translates):
+    5 when the connection is gone, 2 for the rest (e.g. no CREATE privilege for the runner's
+    tables); None when ``err`` is no database error at all (a bug: let it show)."""
+    import sqlite3
+
+    from runner.db import is_connection_error
+
+    if is_connection_error(err):
+        return errors.UNREACHABLE
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a dependency
+        return errors.USAGE if isinstance(err, sqlite3.Error) else None
+    if isinstance(err, (psycopg.Error, sqlite3.Error)):
+        return errors.USAGE
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = reorder(sys.argv[1:] if argv is None else argv)
     try:
@@ -286,6 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("migrate: error: interrupted", err=True)
         return 130
+    except Exception as err:  # noqa: BLE001 - driver errors outside a migration become one line
+        code = _database_error_code(err)
+        if code is None:
+            raise
+        from runner.db import one_line
+
+        what = "lost the connection to the database" if code == errors.UNREACHABLE else "database error"
+        click.echo(f"migrate: error: {what}: {one_line(err)}", err=True)
+        return code
     return code if isinstance(code, int) else errors.OK
 
 

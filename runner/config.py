@@ -161,6 +161,9 @@ def load_settings(
         if not isinstance(value, expected):
             raise ConfigError(f"{where}: [compat] {key}: expected {expected.__name__}, got {value!r}")
         setattr(settings.compat, key, value)
+    for key, fields in (("schema_template", {"version"}), ("sqlite_view_template", {"table", "version"})):
+        if key in compat:
+            _check_template(compat[key], fields, f"{where}: [compat] {key}")
     if "default_window" in compat:
         try:
             parse_duration(compat["default_window"], f"{where}: [compat] default_window")
@@ -194,6 +197,22 @@ def load_settings(
             raise ConfigError(f"{where}: [environments] {name}: expected a database URL string")
     settings.environments = dict(environments)
     return settings
+
+
+def _check_template(template: str, fields: set[str], where: str) -> None:
+    """Only ``{name}`` placeholders from ``fields``: no positional, attribute or format fields."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ConfigError(f"{where}: invalid template {template!r}: {err}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in fields or spec or conversion:
+            allowed = ", ".join("{" + f + "}" for f in sorted(fields))
+            raise ConfigError(f"{where}: invalid placeholder {{{name}}} in {template!r} (allowed: {allowed})")
 
 
 def _check_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:

@@ -1,7 +1,11 @@
 """Split SQL text into statements with line numbers; read header directives.
 
-Statement splitting is sqlparse's (as in yoyo): it understands quotes,
-``$$``/``$tag$`` bodies and ``DO`` blocks. Directives are full-line comments
+Statements are split by PostgreSQL's own grammar (pglast's ``split``), so
+quoting rules are PostgreSQL's: standard strings where a backslash is not an
+escape, ``E'...'`` strings, nested ``/* */`` comments, ``$tag$`` bodies, ``DO``
+blocks and ``BEGIN ATOMIC`` function bodies. A file PostgreSQL cannot parse
+(SQLite-only syntax, or a syntax error that will fail at execution anyway) is
+split by sqlparse, as yoyo does. Directives are full-line comments
 ``-- name: value`` before the first statement, for the names in DIRECTIVES.
 """
 
@@ -16,26 +20,22 @@ _DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES),
 _COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
 
 
-# sqlparse ends a statement only at a ";" token or at a GO keyword: any "go" in the text,
-# even inside a word, sends it to sqlparse (its lexer splits "1e5GO" into a number and GO).
-_GO = re.compile(r"go", re.IGNORECASE)
-
-
 def _split(text: str) -> list[str]:
-    """``sqlparse.split(text)``, without sqlparse when the answer is certain.
-
-    When the only ";" is the last non-blank character (or there is none) and no "GO"
-    appears, there is nothing to split: sqlparse returns the whole text stripped (or
-    nothing if it is blank). That is the common one-statement file, and sqlparse is by
-    far the slowest part of loading a folder of them.
-    """
+    """The statements of ``text``, each as written (with its final ``;``)."""
     semicolons = text.count(";")
-    if (semicolons == 0 or (semicolons == 1 and text.rstrip().endswith(";"))) and not _GO.search(text):
+    if semicolons == 0 or (semicolons == 1 and text.rstrip().endswith(";")):
+        # Nothing to split (the common one-statement file): no parser needed.
         stripped = text.strip()
         return [stripped] if stripped else []
-    import sqlparse
+    from pglast.parser import ParseError, split
 
-    return sqlparse.split(text)
+    try:
+        parts = split(text, with_parser=True, only_slices=True)  # character offsets, without the ";"
+    except ParseError:
+        import sqlparse
+
+        return sqlparse.split(text)
+    return [text[part.start:part.stop + (text[part.stop:part.stop + 1] == ";")] for part in parts]
 
 
 def split_statements(text: str, first_line: int = 1) -> list[Statement]:
@@ -46,7 +46,7 @@ def split_statements(text: str, first_line: int = 1) -> list[Statement]:
         if not chunk.strip():
             continue
         index = text.find(chunk, position)
-        if index < 0:  # sqlparse normalised something; fall back to the last position
+        if index < 0:  # the splitter normalised something; fall back to the last position
             index = position
         position = index + len(chunk)
         lines = chunk.split("\n")

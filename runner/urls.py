@@ -35,8 +35,12 @@ def redact(url: str) -> str:
         userinfo, _, hostinfo = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         return urlunsplit((parts.scheme, f"{user}:***@{hostinfo}", parts.path, _redact_query(parts.query), parts.fragment))
-    # Unparseable: strip anything between "://user:" and "@" and password= params.
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    # Unparseable (a password with "/", "?" or "#" not percent-encoded, or no scheme at all):
+    # strip anything between "user:" and the last "@", and password= parameters.
+    if "://" in url:
+        url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    else:
+        url = re.sub(r"^([^:/@\s]*:)[^@\s]*@", r"\1***@", url)
     return re.sub(r"(password=)[^&\s]*", r"\1***", url, flags=re.I)
 
 
@@ -50,8 +54,12 @@ def parse_url(url: str) -> DatabaseURL:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - validates the port
-    except ValueError as err:
-        raise ConfigError(f"malformed database URL {shown}: {err}") from None
+    except ValueError:
+        # Not the parser's own text: it can quote part of the password.
+        raise ConfigError(
+            f"malformed database URL {shown}: cannot parse host and port "
+            "(percent-encode special characters in the password: / ? # @ :)"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme in _PG_SCHEMES:
         if not parts.hostname and "host=" not in parts.query:

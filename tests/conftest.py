@@ -81,6 +81,7 @@ def make_role() -> Iterator:
             for (db,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'migrate_test_%'").fetchall():
                 try:
                     with psycopg.connect(_with_database(ADMIN_URL, db), autocommit=True) as c2:
+                        c2.execute("SET lock_timeout = '5s'")  # never hang on another test's open transaction
                         c2.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
                 except psycopg.Error:
                     pass

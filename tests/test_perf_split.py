@@ -1,39 +1,45 @@
-"""The statement splitter's fast path (no sqlparse for one-statement files) must agree with sqlparse."""
+"""The statement splitter: PostgreSQL's lexical rules, and a fast path that cannot change the answer."""
 
 from __future__ import annotations
 
-import sqlparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.sqlfile import _split, split_statements
 
-# Pieces that matter to sqlparse's splitter: quotes, dollar quotes, comments, blocks, GO, odd whitespace.
-PIECES = ["CREATE TABLE t (id int)", ";", "'", '"', "$$", "$f$", "--", "/*", "*/", "\n", " ", "\t", "\r\n",
-          "BEGIN", "END", "DO", "IF", "CASE", "DECLARE", "LOOP", "go", "GO", "GO 2", "1e5", "category", "(", ")",
-          "x", "_", "1", "$", "#", "E'", "\\", "\u00a0", "ü", ";\n", "  \n"]
+# Pieces that matter to a splitter: quotes, dollar quotes, comments, blocks, odd whitespace.
+PIECES = ["CREATE TABLE t (id int)", ";", "'", '"', "$$", "$f$", "--", "/*", "*/", "\n", " ", "\t",
+          "BEGIN", "END", "DO", "x", "1", "$", "E'", "\\", "\u00a0", "ü", ";\n", "SELECT 1"]
 
 
-def _non_blank(chunks: list[str]) -> list[str]:
-    return [c for c in chunks if c.strip()]
-
-
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
-def test_fast_path_splits_like_sqlparse(text: str) -> None:
-    assert _non_blank(_split(text)) == _non_blank(sqlparse.split(text))
+def test_fast_path_only_for_texts_with_at_most_one_statement(text: str) -> None:
+    from pglast.parser import ParseError, split
+
+    chunks = _split(text)
+    if text.count(";") <= 1 and (";" not in text or text.rstrip().endswith(";")):
+        assert len(chunks) <= 1
+        try:
+            assert len(split(text, with_parser=True)) <= 1
+        except ParseError:
+            pass
 
 
-def test_fast_path_is_taken_for_one_statement_files_only(monkeypatch) -> None:
-    calls: list[str] = []
-    real = sqlparse.split
-    monkeypatch.setattr(sqlparse, "split", lambda text, *a, **k: calls.append(text) or real(text, *a, **k))
-    one = "-- header\nCREATE TABLE t1 (id int);\n"
-    assert [(s.sql, s.line) for s in split_statements(one)] == [("-- header\nCREATE TABLE t1 (id int);", 2)]
-    assert calls == []
-    two = "CREATE TABLE a (id int);\nCREATE TABLE b (id int);\n"
-    assert [s.sql for s in split_statements(two)] == ["CREATE TABLE a (id int);", "CREATE TABLE b (id int);"]
-    assert calls == [two]
-    go = "SELECT 1\nGO\nSELECT 2"
-    assert [s.sql for s in split_statements(go)] == ["SELECT 1\nGO", "SELECT 2"]
-    assert calls == [two, go]
+def test_postgresql_lexical_rules() -> None:
+    text = ("INSERT INTO p SELECT 'C:\\';\nINSERT INTO p SELECT 'a;b';\n"
+            "SELECT 1 /* a /* b */ ; DROP TABLE important; */;\n"
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n"
+            "DO $$ BEGIN PERFORM 1; END $$;\n-- trailing comment\n")
+    statements = split_statements(text)
+    assert [s.line for s in statements] == [1, 2, 3, 4, 5]
+    assert statements[0].sql == "INSERT INTO p SELECT 'C:\\';"
+    assert "DROP TABLE important" in statements[2].sql  # inside the nested comment
+    assert statements[3].sql.endswith("END;")
+
+
+def test_sqlite_only_syntax_falls_back_to_sqlparse() -> None:
+    text = ("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT);\n"
+            "CREATE TRIGGER trg AFTER INSERT ON t BEGIN UPDATE t SET id = id; END;\n")
+    statements = split_statements(text)
+    assert len(statements) == 2 and statements[1].sql.startswith("CREATE TRIGGER")
