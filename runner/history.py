@@ -119,8 +119,11 @@ class _Batch:
         else:
             self.db.execute(sql, params)
 
-    def flush(self) -> None:
+    def flush(self, then: str | None = None) -> None:
+        """Send the statements (PostgreSQL), followed in the same query by ``then`` if given."""
         if not self.statements:
+            if then:
+                self.db.connection.execute(then)
             return
         from psycopg import ClientCursor
         from yoyo.utils import change_param_style
@@ -129,11 +132,16 @@ class _Batch:
         paramstyle = self.db.backend.driver.paramstyle
         parts = [cursor.mogrify(*change_param_style(paramstyle, sql, params)) for sql, params in self.statements]
         self.statements = []
-        self.db.connection.execute(";\n".join(parts))
+        self.db.connection.execute(";\n".join(parts + ([then] if then else [])))
 
 
-def record(db: Database, migration: MigrationFile, operation: str, duration_ms: int = 0, detail: str | None = None) -> None:
-    """Write the rows for ``operation`` (apply, mark, rollback, unmark, rehash)."""
+def record(db: Database, migration: MigrationFile, operation: str, duration_ms: int = 0, detail: str | None = None,
+           then: str | None = None) -> None:
+    """Write the rows for ``operation`` (apply, mark, rollback, unmark, rehash).
+
+    ``then``: SQL to send right after them (on PostgreSQL in the same round trip), e.g. the
+    executor's COMMIT.
+    """
     by = actor(db_user(db))
     now = _now(db)
     history = db.qualify(HISTORY)
@@ -159,7 +167,7 @@ def record(db: Database, migration: MigrationFile, operation: str, duration_ms: 
     )
     if operation != "rehash":
         _record_yoyo(batch, migration, operation)
-    batch.flush()
+    batch.flush(then)
 
 
 def _record_yoyo(batch: _Batch, migration: MigrationFile, operation: str) -> None:

@@ -88,7 +88,7 @@ def test_shim_gives_no_more_than_the_table(target, folder, make_role):
     cols_url = harness.with_user(target.admin, cols, password=None)
     assert _attempt(cols_url, f"SELECT secret FROM {SCHEMA}.accounts")[0] == "denied"
     # (PostgreSQL checks every column a security_invoker view references: a role with column
-    # grants cannot use the shim at all. Safe; documented in docs/reliability.md.)
+    # grants cannot use the shim at all. Safe; documented in README.md.)
     rls_url = harness.with_user(target.admin, rls, password=None)
     assert _attempt(rls_url, f"SELECT id FROM {SCHEMA}.accounts ORDER BY id") == ("ok", [(1,), (3,)])
     FIGURES.add("privileges", roles=4, query_pairs=compared, widened=0)
