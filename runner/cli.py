@@ -148,7 +148,8 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
     data = {"applied": result.applied, "pending_before": result.pending_before,
             "duration_s": round(result.duration_s, 3), "shims": result.shims}
     if result.applied:
-        text = f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: " + ", ".join(result.applied)
+        shown = result.applied if len(result.applied) <= 10 else [*result.applied[:3], "...", *result.applied[-3:]]
+        text = f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: " + ", ".join(shown)
     else:
         text = "nothing to apply: database is at head"
     for shim in result.shims:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -27,6 +28,7 @@ def host() -> str:
         return "unknown"
 
 
+@functools.cache  # the process's identity does not change during a run
 def actor(db_user: str | None) -> str:
     """``dbuser (osuser@host pid N)``: who applied a migration."""
     who = f"{os_user()}@{host()} pid {os.getpid()}"
