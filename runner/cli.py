@@ -153,8 +153,9 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
     else:
         text = "nothing to apply: database is at head"
     for shim in result.shims:
-        text += (f"\nactive shim {shim.get('name')}: {shim.get('table')}.{shim.get('old')} -> {shim.get('new')} "
-                 f"in schema {shim.get('schema')}, expires {shim.get('expires_at')}")
+        where = f" in schema {shim['schema']}" if shim.get("schema") else ""
+        text += (f"\nactive shim {shim.get('name')}: {shim.get('table')}.{shim.get('old')} -> {shim.get('new')}"
+                 f"{where}, expires {shim.get('expires_at')}")
     inv.emit(data, text)
     return errors.OK
 
