@@ -146,3 +146,19 @@ def test_down_runs_rollback_statements_in_file_order(pg_url: str, tmp_path: Path
         result = run_migrate("down", "--steps", "2", *args)
         assert result.returncode == 0, result.stderr
     assert tables(pg_url) >= {"a_archive", "b_archive"} and not {"a", "b"} & tables(pg_url)
+
+
+def test_one_log_event_per_migration_with_duration_and_outcome(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE_MIGRATIONS, tmp_path / "migrations")
+    secret_url = f"sqlite:///{tmp_path / 'x.db'}"
+    result = run_migrate("up", "--log-format", "json", "--database", secret_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    applied = [e for e in events if e["event"] == "applied"]
+    assert [e["migration"] for e in applied] == [
+        "001_create_remediation_workflow_catalog", "017_add_execution_bundle",
+        "018_rename_execution_bundle_to_container_image"]
+    assert all(e["outcome"] == "applied" and e["duration_ms"] >= 0 and e["total"] == 3 for e in applied)
+    assert [e["n"] for e in applied] == [1, 2, 3] and all("elapsed_s" in e for e in applied)
+    console = run_migrate("down", "--log-format", "console", "--database", secret_url, cwd=tmp_path)
+    assert console.returncode == 0 and "rolled back" in console.stderr and not console.stderr.startswith("{")
