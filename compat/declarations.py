@@ -29,6 +29,7 @@ too, right after the old one (see README.md for why that breaks strict
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -291,6 +292,13 @@ def declarations_for(migration: MigrationFile, settings: Settings) -> list[Renam
     Raises MigrationFileError (naming file:line) for a bad directive and
     ConfigError for a bad config entry or a rename declared twice.
     """
+    where = str(settings.config_path) if settings.config_path else "config"
+    return declarations_from(migration, settings.renames, where)
+
+
+def declarations_from(migration: MigrationFile, renames: Sequence[dict[str, Any]], where: str = "config"
+                      ) -> list[RenameDeclaration]:
+    """:func:`declarations_for` with the ``[[renames]]`` entries given directly (``where`` names their file)."""
     found: list[RenameDeclaration] = []
     for directive in migration.directives_named("compat"):
         source = f"{migration.path}:{directive.line}" if directive.line else migration.path
@@ -298,8 +306,7 @@ def declarations_for(migration: MigrationFile, settings: Settings) -> list[Renam
             found.append(parse_rename(directive.value, migration.id, source))
         except DeclarationError as err:
             raise MigrationFileError(migration.path, f"compat: {err}", directive.line or None) from None
-    where = str(settings.config_path) if settings.config_path else "config"
-    for index, entry in enumerate(settings.renames, 1):
+    for index, entry in enumerate(renames, 1):
         if _matches(migration, str(entry.get("migration", ""))):
             declaration = parse_config_entry(entry, index, where)
             found.append(replace(declaration, migration_id=migration.id))

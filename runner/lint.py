@@ -59,7 +59,6 @@ RULES: dict[str, str] = {
 }
 
 _DISABLE = re.compile(r"^\s*--\s*lint\s*:\s*disable\s*=\s*(?P<rules>[A-Za-z0-9_,\s-]+?)\s*$", re.M)
-_RENAME_DIRECTIVE = re.compile(r"^\s*rename\s+(?P<target>\S+)\s*->\s*(?P<new>[^\s]+)")
 
 
 @dataclass(frozen=True)
@@ -144,20 +143,10 @@ def _file_disables(migration: MigrationFile, text: str | None) -> set[str]:
 
 
 def _declared_renames(migration: MigrationFile, renames: Sequence[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    """(table, old, new) triples declared for ``migration``; table without schema."""
-    out: set[tuple[str, str, str]] = set()
-    for directive in migration.directives_named("compat"):
-        match = _RENAME_DIRECTIVE.match(directive.value)
-        if not match:
-            continue
-        parts = [p.strip('"') for p in match.group("target").split(".")]
-        if len(parts) < 2:
-            continue
-        out.add((parts[-2], parts[-1], match.group("new").strip('"')))
-    for entry in renames:
-        if entry.get("migration") in (migration.id, migration.version_label, str(migration.version)):
-            out.add((str(entry["table"]).split(".")[-1], entry["old"], entry["new"]))
-    return out
+    """(table, old, new) triples declared for ``migration``, exactly as the compat hook reads them."""
+    from compat.declarations import declarations_from
+
+    return {(d.table, d.old, d.new) for d in declarations_from(migration, renames)}
 
 
 def _relname(node: Any) -> str:
