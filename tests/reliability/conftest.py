@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,7 @@ class PrivateCluster:
 
     directory: Path
     port: int
+    extra_options: str = ""  # more server options, e.g. "-c shared_preload_libraries=pg_stat_statements"
 
     @property
     def data(self) -> Path:
@@ -125,7 +127,8 @@ class PrivateCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   f"{self.extra_options}").strip()
         return subprocess.run(
             ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data),
              "-l", str(self.directory / "server.log"), "-w", "-t", "60", "-o", options, *args],
@@ -150,13 +153,13 @@ class PrivateCluster:
         return name
 
 
-@pytest.fixture(scope="session")
-def private_cluster() -> Iterator[PrivateCluster]:
-    """A throwaway cluster (trust for ``postgres``, scram-sha-256 for everyone else)."""
+@contextmanager
+def new_private_cluster(extra_options: str = "") -> Iterator[PrivateCluster]:
+    """A throwaway cluster (trust for ``postgres``, scram-sha-256 for everyone else), removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="migrate-rel-pg-"))
     shutil.chown(directory, "postgres")
     os.chmod(directory, 0o755)
-    cluster = PrivateCluster(directory, _free_port())
+    cluster = PrivateCluster(directory, _free_port(), extra_options)
     subprocess.run(
         ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(cluster.data), "-U", "postgres",
          "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
@@ -176,6 +179,12 @@ def private_cluster() -> Iterator[PrivateCluster]:
     finally:
         cluster.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_cluster() -> Iterator[PrivateCluster]:
+    with new_private_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
