@@ -20,10 +20,8 @@ Rows are updated (status, expiry) but never deleted: they are the audit trail.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -274,16 +272,9 @@ class Registry:
     # -- schema ---------------------------------------------------------------
     def exists(self) -> bool:
         """Whether the registry table exists (commands read nothing when it does not)."""
-        if self.is_pg:
-            from psycopg import sql
+        from runner.db import table_exists
 
-            name = sql.Identifier(self.schema, SHIMS) if self.schema else sql.Identifier(SHIMS)
-            row = self.connection.execute("SELECT to_regclass(%s)", (name.as_string(self.connection),)).fetchone()
-            return row[0] is not None
-        row = self.connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (SHIMS,)
-        ).fetchone()
-        return row is not None
+        return table_exists(self.connection, self.dialect, self.schema, SHIMS)
 
     def ensure(self) -> None:
         """Create the registry tables if missing (inside the caller's transaction)."""
@@ -304,11 +295,9 @@ class Registry:
                 "SELECT current_user, current_setting('application_name', true), host(inet_client_addr())"
             ).fetchone()
             return user, f"{app or 'unknown-app'}@{addr or 'local-socket'}"
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = f"uid-{os.getuid()}" if hasattr(os, "getuid") else "unknown"
-        return user, f"pid {os.getpid()}@{socket.gethostname()}"
+        from runner.identity import host, os_user
+
+        return os_user(), f"pid {os.getpid()}@{host()}"
 
     # -- shims -------------------------------------------------------------------
     def add(

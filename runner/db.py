@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from runner.errors import DatabaseUnreachable
 from runner.urls import DatabaseURL, parse_url, redact
 
-__all__ = ["Database", "connect", "transaction", "redact", "one_line", "is_connection_error"]
+__all__ = ["Database", "connect", "transaction", "redact", "one_line", "is_connection_error", "table_exists"]
 
 MIGRATION_TABLE = "_yoyo_migration"
 
@@ -116,6 +116,18 @@ def connect(url: str | DatabaseURL) -> Database:
         raise DatabaseUnreachable(f"cannot connect to {parsed.redacted}: {one_line(err, url if isinstance(url, str) else None)}") from None
     return Database(backend=backend, dialect=parsed.dialect, schema=schema, url=parsed.redacted,
                     session_sql=session_sql)
+
+
+def table_exists(connection: Any, dialect: str, schema: str | None, name: str) -> bool:
+    """Whether table ``name`` exists (in ``schema`` on PostgreSQL), on a raw DB-API connection."""
+    if dialect == "postgresql":
+        from psycopg import sql
+
+        qualified = sql.Identifier(schema, name) if schema else sql.Identifier(name)
+        row = connection.execute("SELECT to_regclass(%s)", (qualified.as_string(connection),)).fetchone()
+        return row[0] is not None
+    row = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
 
 
 @contextmanager

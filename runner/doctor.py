@@ -78,12 +78,6 @@ class Diagnosis:
 
 # --------------------------------------------------------------------------- pieces
 
-def _table_exists(db: Any, name: str) -> bool:
-    from runner.history import table_exists
-
-    return table_exists(db, name)
-
-
 def _label(m: Any) -> str:
     return m.version_label or m.id
 
@@ -109,9 +103,11 @@ def lock_finding(db: Any) -> Finding | None:
 
 def not_managed_finding(db: Any) -> Finding:
     """The database has no runner history: say what it has and how to take it over."""
+    from runner import history
+
     where = f"schema {db.schema}" if db.schema else "the database"
     for table, (tool, command) in OTHER_TOOLS.items():
-        if _table_exists(db, table):
+        if history.table_exists(db, table):
             return Finding(
                 "not-managed", table,
                 f"the runner has never touched this database (no _migrate_history in {where}); it has {table}, "
@@ -226,7 +222,7 @@ def diagnose(db: Any, settings: Any) -> Diagnosis:
     lock = lock_finding(db)
     if lock:
         diagnosis.findings.append(lock)
-    if not _table_exists(db, history.HISTORY):
+    if not history.table_exists(db, history.HISTORY):
         diagnosis.findings.append(not_managed_finding(db))
         return diagnosis
     files = load_migrations(settings.migrations)
@@ -287,7 +283,7 @@ def record_snapshot(db: Any, settings: Any) -> str:
     from runner.sources import load_migrations
     from runner.snapshot import store_snapshot
 
-    if not _table_exists(db, history.HISTORY):
+    if not history.table_exists(db, history.HISTORY):
         raise UsageError("snapshot: the runner has never touched this database (no _migrate_history): "
                          "run `migrate doctor` for what to do first")
     files = load_migrations(settings.migrations)

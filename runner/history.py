@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from runner.db import Database
+from runner.db import table_exists as db_table_exists
 from runner.identity import actor, host, os_user
 from runner.migration import MigrationFile
 
@@ -47,17 +48,9 @@ class AppliedMigration:
     applied_by: str
 
 
-def table_exists(db: Database, name: str, schema: str | None = None) -> bool:
-    if db.dialect == "postgresql":
-        row = db.execute(
-            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = :schema AND tablename = :name",
-            {"schema": schema or db.schema, "name": name},
-        ).fetchone()
-    else:
-        row = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name", {"name": name}
-        ).fetchone()
-    return row is not None
+def table_exists(db: Database, name: str) -> bool:
+    """Whether table ``name`` exists in the runner's schema."""
+    return db_table_exists(db.connection, db.dialect, db.schema, name)
 
 
 def ensure_tables(db: Database) -> None:

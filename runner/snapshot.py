@@ -165,10 +165,8 @@ def ensure_snapshot_table(connection: Any, dialect: str, schema: str | None) -> 
     if dialect == "postgresql":
         from psycopg import sql
 
-        cur = connection.cursor()
-        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(schema or "public", SNAPSHOT_TABLE).as_string(connection),))
-        if cur.fetchone()[0] is None:
-            cur.execute(sql.SQL(
+        if not snapshot_table_exists(connection, dialect, schema):
+            connection.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, migration_id text NOT NULL, "
                 "taken_at timestamptz NOT NULL DEFAULT now(), snapshot jsonb NOT NULL)"
             ).format(_qualified(dialect, schema)))
@@ -209,16 +207,9 @@ class StoredSnapshot:
 
 
 def snapshot_table_exists(connection: Any, dialect: str, schema: str | None) -> bool:
-    if dialect == "postgresql":
-        from psycopg import sql
+    from runner.db import table_exists
 
-        cur = connection.cursor()
-        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(schema or "public", SNAPSHOT_TABLE).as_string(connection),))
-        return cur.fetchone()[0] is not None
-    row = connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (SNAPSHOT_TABLE,)
-    ).fetchone()
-    return row is not None
+    return table_exists(connection, dialect, schema, SNAPSHOT_TABLE)
 
 
 def latest_snapshot(connection: Any, dialect: str, schema: str | None) -> StoredSnapshot | None:
