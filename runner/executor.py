@@ -40,8 +40,9 @@ class Executor:
     hooks: Sequence[MigrationHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # The runner's own statements are batched: BEGIN + SET LOCAL lock_timeout in one query,
-        # the restore of role/search_path/statement_timeout in one, COMMIT + session reset in one.
+        # The runner's own statements are batched: BEGIN + SET LOCAL lock_timeout in one query, the
+        # restore of role/search_path/statement_timeout sent with the migration's last statement, and
+        # the bookkeeping rows, COMMIT and the session reset in one: three round trips per migration.
         self._begin_sql = "BEGIN"
         self._restore_sql: str | None = None
         self._commit_sql = "COMMIT"
@@ -88,12 +89,15 @@ class Executor:
             except Exception as err:  # noqa: BLE001 - translated into one-line errors below
                 self._recover()
                 if is_connection_error(err):
+                    # `up` is idempotent; `down` is not: check where the database is before repeating it.
+                    doing, again = (("applying", "`migrate up`") if direction == "apply" else
+                                    ("rolling back", "`migrate down` (after `migrate status`)"))
                     raise DatabaseUnreachable(
-                        f"lost the connection to the database while applying {migration.id}: {one_line(err)}; "
-                        "the migration's transaction was not committed: run `migrate up` again"
+                        f"lost the connection to the database while {doing} {migration.id}: {one_line(err)}; "
+                        f"its transaction either committed whole (with its bookkeeping) or not at all: run {again} again"
                         if migration.transactional else
-                        f"lost the connection to the database while applying non-transactional {migration.id}: "
-                        f"{one_line(err)}; statements that completed stay applied: check, then run `migrate up` again"
+                        f"lost the connection to the database while {doing} non-transactional {migration.id}: "
+                        f"{one_line(err)}; statements that completed stay applied: check, then run {again} again"
                     ) from None
                 if not isinstance(err, self.db.backend.DatabaseError):
                     raise
