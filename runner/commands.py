@@ -78,8 +78,8 @@ def status(settings: Settings, db: Database | None = None) -> Status:
     files = load_migrations(settings.migrations)
     if db is not None:
         return compute(files, history.read_applied(db))
-    with _open(settings) as db:
-        return compute(files, history.read_applied(db))
+    with _open(settings) as own:
+        return compute(files, history.read_applied(own))
 
 
 @dataclass
@@ -173,17 +173,11 @@ def up(
                 log.info("applied", migration=migration.id, n=n, total=total,
                          duration_ms=round(seconds * 1000, 1), outcome="applied",
                          elapsed_s=round(time.perf_counter() - started, 2))
-        result.shims = _active_shims(db)
+        from compat.commands import active_summary
+
+        result.shims = active_summary(db)
     result.duration_s = time.perf_counter() - started
     return result
-
-
-def _active_shims(db: Database) -> list[dict[str, Any]]:
-    try:
-        from compat.commands import active_summary
-    except ImportError:  # pragma: no cover - compat is part of the distribution
-        return []
-    return active_summary(db)
 
 
 def down(settings: Settings, *, to: str | None = None, steps: int | None = None) -> DownResult:
