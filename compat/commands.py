@@ -21,17 +21,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import structlog
-
 from compat.declarations import quote_ident
 from compat.registry import Registry, Route, Shim
 from runner.db import transaction
 from runner.errors import DriftError, LockTimeout, UsageError
+from runner.logs import get_logger
 
 if TYPE_CHECKING:
     from runner.db import Database
 
-log = structlog.get_logger("migrate.compat")
+log = get_logger("migrate.compat")
 
 
 class ShimsExpired(DriftError):

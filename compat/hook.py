@@ -30,16 +30,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import structlog
-
 from compat.declarations import RenameDeclaration, declarations_for, quote_ident
 from compat.registry import Registry, Shim
 from runner.config import Settings
 from runner.durations import parse_duration
 from runner.errors import MigrationFailed
 from runner.hooks import MigrationContext
+from runner.logs import get_logger
 
-log = structlog.get_logger("migrate.compat")
+log = get_logger("migrate.compat")
 
 
 @dataclass
@@ -95,12 +94,23 @@ class CompatHook:
         self._any_active: bool | None = None
 
     # -- before -----------------------------------------------------------------
-    def before(self, ctx: MigrationContext) -> None:
-        registry = Registry(ctx.connection, ctx.dialect, ctx.schema)
+    def wants(self, ctx: MigrationContext) -> bool:
+        """Idle for a migration that declares no rename while no shim is active."""
+        return self._declarations(ctx, Registry(ctx.connection, ctx.dialect, ctx.schema)) is not None
+
+    def _declarations(self, ctx: MigrationContext, registry: Registry) -> list[RenameDeclaration] | None:
+        """The migration's rename declarations, or None when there is nothing to do."""
         declarations = declarations_for(ctx.migration, ctx.settings) if ctx.direction == "apply" else []
         if self._any_active is None:
             self._any_active = bool(registry.shims("active"))
         if ctx.direction == "apply" and not declarations and not self._any_active:
+            return None
+        return declarations
+
+    def before(self, ctx: MigrationContext) -> None:
+        registry = Registry(ctx.connection, ctx.dialect, ctx.schema)
+        declarations = self._declarations(ctx, registry)
+        if declarations is None:
             self._plans[ctx.migration.id] = _Plan([], [], idle=True)
             return
         if ctx.direction == "rollback":

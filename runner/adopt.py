@@ -27,12 +27,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import structlog
-
 from runner.errors import NOT_AT_HEAD, MigrateError, UsageError
+from runner.logs import get_logger
 from runner.migration import MigrationFile
 
-log = structlog.get_logger("migrate.adopt")
+log = get_logger("migrate.adopt")
 
 TOOLS = ("goose", "golang-migrate", "alembic")
 DEFAULT_TABLES = {"goose": "goose_db_version", "golang-migrate": "schema_migrations", "alembic": "alembic_version"}

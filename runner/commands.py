@@ -13,19 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import structlog
-
 from runner import history
 from runner.config import Settings
 from runner.db import Database, connect, transaction
 from runner.errors import DriftError, UsageError
 from runner.hooks import MigrationHook
 from runner.lock import runner_lock
+from runner.logs import get_logger
 from runner.migration import MigrationFile
 from runner.sources import load_migrations
 from runner.status import Status, compute, drift_lines
 
-log = structlog.get_logger("migrate")
+log = get_logger("migrate")
 
 
 @dataclass
@@ -161,23 +160,42 @@ def up(
                 executor = Executor(db, settings, list(run_hooks))
             previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}
             total = len(todo)
+            position = {m.id: n for n, m in enumerate(todo, 1)}
+
+            def report(confirmed: list[tuple[MigrationFile, float]]) -> None:
+                """A migration is reported applied once it is known to be durable (Executor.apply)."""
+                for done, seconds in confirmed:
+                    result.applied.append(done.id)
+                    log.info("applied", migration=done.id, n=position[done.id], total=total,
+                             duration_ms=round(seconds * 1000, 1), outcome="applied",
+                             elapsed_s=round(time.perf_counter() - started, 2))
+
             for n, migration in enumerate(todo, 1):
                 log.info("applying", migration=migration.id, n=n, total=total)
                 try:
-                    seconds = executor.apply(migration, previous_of[migration.id])
+                    confirmed = executor.apply(migration, previous_of[migration.id])
                 except Exception:
+                    report(_make_durable(executor))
                     log.error("failed", migration=migration.id, n=n, total=total, outcome="failed",
                               elapsed_s=round(time.perf_counter() - started, 2))
                     raise
-                result.applied.append(migration.id)
-                log.info("applied", migration=migration.id, n=n, total=total,
-                         duration_ms=round(seconds * 1000, 1), outcome="applied",
-                         elapsed_s=round(time.perf_counter() - started, 2))
+                report(confirmed)
+            if todo:
+                report(executor.make_durable())
         from compat.commands import active_summary
 
         result.shims = active_summary(db)
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _make_durable(executor: Any) -> list[tuple[MigrationFile, float]]:
+    """After a failure: what was applied before it must still become durable (when the
+    connection is still there; if not, the error says which migrations were unconfirmed)."""
+    try:
+        return executor.make_durable()
+    except Exception:  # noqa: BLE001 - the connection may be gone; the first error is the one to show
+        return []
 
 
 def down(settings: Settings, *, to: str | None = None, steps: int | None = None) -> DownResult:

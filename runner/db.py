@@ -8,6 +8,7 @@ password redacted.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -15,7 +16,8 @@ from typing import Any, Iterator
 from runner.errors import DatabaseUnreachable
 from runner.urls import DatabaseURL, parse_url, redact
 
-__all__ = ["Database", "connect", "transaction", "redact", "one_line", "is_connection_error", "table_exists"]
+__all__ = ["Database", "connect", "transaction", "redact", "one_line", "is_connection_error", "table_exists",
+           "ScriptFailed", "run_script", "server_message"]
 
 MIGRATION_TABLE = "_yoyo_migration"
 
@@ -65,6 +67,18 @@ def one_line(err: BaseException, url: str | None = None) -> str:
     if url:
         text = text.replace(url, redact(url))
     return redact(text) if "://" in text else text
+
+
+def server_message(err: BaseException) -> str:
+    """A server error as one line: its message, detail and hint, without the ``LINE n:`` excerpt
+    (which counts lines of the query as sent, not of the migration file)."""
+    diag = getattr(err, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if not primary:
+        return one_line(err)
+    parts = [primary] + [f"{label}{text}" for label, text in (("", getattr(diag, "message_detail", None)),
+                                                             ("hint: ", getattr(diag, "message_hint", None))) if text]
+    return one_line(Exception("; ".join(parts)))
 
 
 def is_connection_error(err: BaseException) -> bool:
@@ -128,6 +142,59 @@ def table_exists(connection: Any, dialect: str, schema: str | None, name: str) -
         return row[0] is not None
     row = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return row is not None
+
+
+class ScriptFailed(Exception):
+    """A statement of :func:`run_script` failed: ``index`` is its position in the list (or None
+    when it cannot be told), ``error`` the driver's exception."""
+
+    def __init__(self, error: BaseException, index: int | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.index = index
+
+
+@functools.cache
+def _counting_cursor() -> type:
+    """A psycopg cursor that remembers which result of a multi-statement query was the error."""
+    from psycopg import Cursor
+    from psycopg.pq import ExecStatus
+
+    class CountingCursor(Cursor):  # type: ignore[type-arg]
+        failed_at: int | None = None
+
+        def _check_results(self, results: list[Any]) -> None:  # psycopg checks all results of a query here
+            self.failed_at = next((n for n, r in enumerate(results) if r.status == ExecStatus.FATAL_ERROR), None)
+            super()._check_results(results)
+
+    return CountingCursor
+
+
+def run_script(connection: Any, statements: list[str]) -> None:
+    """PostgreSQL: send ``statements`` as ONE simple-protocol query (one round trip).
+
+    Each element must be exactly one statement. The server parses the whole text first (a syntax
+    error anywhere runs nothing), then runs the statements in order and stops at the first error;
+    :class:`ScriptFailed` then names the statement, from the error's position in the text when the
+    server reports one, else from the number of statements that had succeeded.
+    """
+    starts: list[int] = []
+    length = 0
+    for text in statements:
+        starts.append(length)
+        length += len(text) + 2  # "\n;" between statements: a trailing -- comment cannot swallow the next one
+    cursor = _counting_cursor()(connection)
+    try:
+        cursor.execute("\n;".join(statements))
+    except Exception as err:  # noqa: BLE001 - re-raised with the statement that failed
+        position = getattr(getattr(err, "diag", None), "statement_position", None)
+        if position:
+            index = max(n for n, start in enumerate(starts) if start < int(position))
+        else:
+            index = cursor.failed_at
+        raise ScriptFailed(err, index) from err
+    finally:
+        cursor.close()
 
 
 @contextmanager

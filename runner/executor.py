@@ -14,16 +14,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import structlog
-
 from runner import history, lockwaits
 from runner.config import Settings
-from runner.db import Database, is_connection_error, one_line
+from runner.db import Database, ScriptFailed, is_connection_error, one_line, run_script, server_message
 from runner.errors import DatabaseUnreachable, LockTimeout, MigrateError, MigrationFailed
 from runner.hooks import MigrationContext, MigrationHook
+from runner.logs import get_logger
 from runner.migration import MigrationFile, Statement
 
-log = structlog.get_logger("migrate.executor")
+log = get_logger("migrate.executor")
+
+# How long migrations may commit without waiting for the WAL flush before one COMMIT waits again
+# (see Executor.make_durable): at most this much applied work is unconfirmed at any time.
+FLUSH_EVERY = 0.1  # seconds
 
 
 @dataclass
@@ -40,37 +43,72 @@ class Executor:
     hooks: Sequence[MigrationHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # The runner's own statements are batched: BEGIN + SET LOCAL lock_timeout in one query, the
-        # restore of role/search_path/statement_timeout sent with the migration's last statement, and
-        # the bookkeeping rows, COMMIT and the session reset in one: three round trips per migration.
-        self._begin_sql = "BEGIN"
-        self._restore_sql: str | None = None
-        self._commit_sql = "COMMIT"
+        # The runner's own statements, one per element. On PostgreSQL a migration no hook wants is
+        # ONE query: BEGIN + SET LOCAL lock_timeout, its statements, the restore of role/search_path/
+        # statement_timeout, the bookkeeping rows, COMMIT and the session reset. Otherwise the same
+        # statements go in three round trips around the hooks (see _transactional).
+        self._begin = ["BEGIN"]
+        # Applied migrations whose COMMIT did not wait for the WAL flush, and when a COMMIT last did.
+        self._unconfirmed: list[tuple[MigrationFile, float]] = []
+        self._last_flush = time.monotonic()
+        self._restore: list[str] = []
+        self._reset: list[str] = []
         if self.db.dialect == "postgresql":
             from psycopg import sql
 
             conn = self.db.connection
             search_path, statement_timeout = self.db.execute(
                 "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
-            self._begin_sql = "BEGIN; " + lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True)
-            self._restore_sql = sql.SQL(
-                "RESET ROLE; SELECT set_config('search_path', {}, true), set_config('statement_timeout', {}, true)"
-            ).format(sql.Literal(search_path), sql.Literal(statement_timeout)).as_string(conn)
-            self._commit_sql = "COMMIT; " + self._reset_sql()
+            self._begin.append(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True))
+            self._restore = ["RESET ROLE", sql.SQL(
+                "SELECT set_config('search_path', {}, true), set_config('statement_timeout', {}, true)"
+            ).format(sql.Literal(search_path), sql.Literal(statement_timeout)).as_string(conn)]
+            self._reset = self._reset_statements()
             # The session reset runs DEALLOCATE ALL after every migration, so psycopg's automatic
             # server-side prepared statements would only be prepared and deallocated again.
             conn.prepare_threshold = None
 
     # -- public -------------------------------------------------------------------------
-    def apply(self, migration: MigrationFile, previous: MigrationFile | None) -> float:
-        """Apply ``migration``; returns its duration in seconds."""
-        return self._run(migration, previous, "apply")
+    def apply(self, migration: MigrationFile, previous: MigrationFile | None) -> list[tuple[MigrationFile, float]]:
+        """Apply ``migration``. Returns the migrations now known to be durable, with their
+        durations in seconds: this one and those before it not yet confirmed, or none (see
+        :meth:`make_durable`).
+        """
+        seconds, flushed = self._run(migration, previous, "apply")
+        self._unconfirmed.append((migration, seconds))
+        return self._confirm() if flushed else []
 
     def rollback(self, migration: MigrationFile, previous: MigrationFile | None) -> float:
-        return self._run(migration, previous, "rollback")
+        """Roll ``migration`` back; returns the duration in seconds (durable when this returns)."""
+        return self._run(migration, previous, "rollback")[0]
+
+    def make_durable(self) -> list[tuple[MigrationFile, float]]:
+        """Wait until every migration applied so far is on disk (and on synchronous standbys);
+        returns those not confirmed before. Call at the end of a run, also a failed one.
+
+        A migration sent in one query commits with ``synchronous_commit = off``, unless
+        ``FLUSH_EVERY`` has passed since a COMMIT last waited for the flush: the server writes
+        such commits to disk within ``3 * wal_writer_delay`` by itself, and a server crash before
+        that loses them whole, bookkeeping included, so the next `migrate up` applies them again.
+        A COMMIT that waits for its flush makes everything before it durable too; here it is an
+        update that rewrites one bookkeeping row as it is.
+        """
+        if not self._unconfirmed:
+            return []
+        self.db.connection.execute(
+            f"UPDATE {self.db.qualify(history.HISTORY)} SET applied_at = applied_at WHERE migration_id = %s",
+            (self._unconfirmed[-1][0].id,))
+        return self._confirm()
+
+    def _confirm(self) -> list[tuple[MigrationFile, float]]:
+        confirmed, self._unconfirmed = self._unconfirmed, []
+        self._last_flush = time.monotonic()
+        return confirmed
 
     # -- internals ----------------------------------------------------------------------
-    def _run(self, migration: MigrationFile, previous: MigrationFile | None, direction: str) -> float:
+    def _run(self, migration: MigrationFile, previous: MigrationFile | None, direction: str) -> tuple[float, bool]:
+        """Run ``migration`` with retries on lock timeouts; returns its duration and whether its
+        COMMIT waited for the WAL flush."""
         ctx = MigrationContext(self.db.connection, self.db.dialect, self.db.schema, migration, previous,
                                self.settings, direction)
         started = time.perf_counter()
@@ -79,10 +117,10 @@ class Executor:
             tracker = _Tracker()
             try:
                 if migration.transactional:
-                    self._transactional(migration, ctx, tracker, started)
+                    flushed = self._transactional(migration, ctx, tracker, started)
                 else:
-                    self._non_transactional(migration, ctx, tracker, started)
-                return time.perf_counter() - started
+                    flushed = self._non_transactional(migration, ctx, tracker, started)
+                return time.perf_counter() - started, flushed
             except MigrateError:
                 self._recover()
                 raise
@@ -92,9 +130,12 @@ class Executor:
                     # `up` is idempotent; `down` is not: check where the database is before repeating it.
                     doing, again = (("applying", "`migrate up`") if direction == "apply" else
                                     ("rolling back", "`migrate down` (after `migrate status`)"))
+                    unconfirmed = [m.id for m, _ in self._unconfirmed]
+                    which = (f"its transaction and those of the migrations before it not yet confirmed on disk "
+                             f"({unconfirmed[0]} to {unconfirmed[-1]}) each" if unconfirmed else "its transaction either")
                     raise DatabaseUnreachable(
                         f"lost the connection to the database while {doing} {migration.id}: {one_line(err)}; "
-                        f"its transaction either committed whole (with its bookkeeping) or not at all: run {again} again"
+                        f"{which} committed whole (with its bookkeeping) or not at all: run {again} again"
                         if migration.transactional else
                         f"lost the connection to the database while {doing} non-transactional {migration.id}: "
                         f"{one_line(err)}; statements that completed stay applied: check, then run {again} again"
@@ -118,25 +159,63 @@ class Executor:
                 raise MigrationFailed(self._failure(migration, tracker, err)) from None
         raise AssertionError("unreachable")
 
-    def _transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> None:
+    def _transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> bool:
         """BEGIN (+ SET LOCAL lock_timeout); hooks' before(); the statements; restore of role,
         search_path and statement_timeout; hooks' after(); the bookkeeping rows; COMMIT (+ session
-        reset). On any error the caller's ``_recover`` rolls back.
+        reset). On any error the caller's ``_recover`` rolls back. Returns whether the COMMIT
+        waited for the WAL flush.
         """
         backend = self.db.backend
         conn = self.db.connection
         assert not backend._in_transaction
+        if self._in_one_query(migration, ctx):
+            return self._one_query(migration, ctx, tracker)
         backend._in_transaction = True  # yoyo's flag: Python steps nest as savepoints in our transaction
-        conn.execute(self._begin_sql)
+        conn.execute("; ".join(self._begin))
         for hook in self.hooks:
             hook.before(ctx)
-        self._execute(migration, ctx.direction, tracker, then=self._restore_sql)
+        self._execute(migration, ctx.direction, tracker, then="; ".join(self._restore) or None)
         for hook in self.hooks:
             hook.after(ctx)
-        self._record(migration, ctx.direction, started, then=self._commit_sql)
+        self._record(migration, ctx.direction, started, then="; ".join(["COMMIT", *self._reset]))
         backend._in_transaction = False
+        return True
 
-    def _non_transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> None:
+    def _in_one_query(self, migration: MigrationFile, ctx: MigrationContext) -> bool:
+        """PostgreSQL, SQL statements each certainly one statement, and no hook with work to do."""
+        if self.db.dialect != "postgresql" or migration.format == "python":
+            return False
+        statements = migration.up if ctx.direction == "apply" else migration.down
+        if not statements or not all(s.exact for s in statements):
+            return False
+        return not any(getattr(hook, "wants", lambda _: True)(ctx) for hook in self.hooks)
+
+    def _one_query(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker) -> bool:
+        """The whole migration in one round trip (see __post_init__); a failure names its statement.
+        Returns whether the COMMIT waited for the WAL flush (see make_durable)."""
+        statements = migration.up if ctx.direction == "apply" else migration.down
+        record = [history.render(self.db, migration, ctx.direction, duration_ms=None)]
+        flush = ctx.direction != "apply" or time.monotonic() - self._last_flush >= FLUSH_EVERY
+        begin = [*self._begin, *([] if flush else ["SET LOCAL synchronous_commit = off"])]
+        first = len(begin)
+        commit = first + len(statements) + len(self._restore) + len(record)
+        self.db.backend._in_transaction = True  # for _recover: roll back whatever the failure left open
+        try:
+            run_script(self.db.connection,
+                       [*begin, *(s.sql for s in statements), *self._restore, *record, "COMMIT", *self._reset])
+        except ScriptFailed as failed:
+            if failed.index is not None and failed.index > commit and not is_connection_error(failed.error):
+                raise MigrationFailed(
+                    f"{migration.path}: migration {migration.id} was applied and recorded, but resetting the "
+                    f"session after it failed: {one_line(failed.error)}; run `migrate up` again"
+                ) from None
+            if failed.index is not None and first <= failed.index < first + len(statements):
+                tracker.current = statements[failed.index - first]
+            raise failed.error from None
+        self.db.backend._in_transaction = False
+        return flush
+
+    def _non_transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> bool:
         """Statements in autocommit; hooks' after() and the bookkeeping only once all succeeded."""
         if self.db.dialect == "postgresql":
             self.db.execute(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=False))
@@ -148,6 +227,7 @@ class Executor:
             for hook in self.hooks:
                 hook.after(ctx)
             self._record(migration, ctx.direction, started)
+        return True
 
     def _execute(self, migration: MigrationFile, direction: str, tracker: _Tracker, then: str | None = None) -> None:
         """Run the migration's statements (file order) or, for Python migrations, yoyo's steps;
@@ -189,16 +269,14 @@ class Executor:
         history.record(self.db, migration, direction, duration_ms, then=then)  # one round trip on PostgreSQL
 
     def _reset_session(self) -> None:
-        """Session settings a migration changed must not leak into the next one.
-
-        Not DISCARD ALL: it would release the runner's advisory lock.
-        """
+        """Session settings a migration changed must not leak into the next one."""
         if self.db.dialect == "postgresql":
-            self.db.connection.execute(self._reset_sql())
+            self.db.connection.execute("; ".join(self._reset))
 
-    def _reset_sql(self) -> str:
-        return ("RESET ALL; RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; DEALLOCATE ALL; CLOSE ALL; DISCARD TEMP"
-                + (f"; {self.db.session_sql}" if self.db.session_sql else ""))
+    def _reset_statements(self) -> list[str]:
+        """Not DISCARD ALL: it would release the runner's advisory lock."""
+        return ["RESET ALL", "RESET ROLE", "SET SESSION AUTHORIZATION DEFAULT", "DEALLOCATE ALL", "CLOSE ALL",
+                "DISCARD TEMP", *([self.db.session_sql] if self.db.session_sql else [])]
 
     def _recover(self) -> None:
         """Leave the backend usable after a failure (yoyo keeps its own transaction flag)."""
@@ -223,4 +301,4 @@ class Executor:
             first = " ".join(tracker.current.sql.split())
             statement = f" in statement `{first[:120]}{'...' if len(first) > 120 else ''}`"
         done = "rolled back" if migration.transactional else "statements before it stay applied (non-transactional)"
-        return f"{where}: migration {migration.id} failed{statement}: {one_line(err)}; {done}"
+        return f"{where}: migration {migration.id} failed{statement}: {server_message(err)}; {done}"

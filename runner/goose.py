@@ -82,7 +82,7 @@ def parse_goose(text: str, path: str) -> GooseMigration:
             body = "\n".join(block_lines).strip()
             if body:
                 offset = next(i for i, l in enumerate(block_lines) if l.strip())
-                getattr(result, section or "up").append(Statement(body, block_start + offset))
+                getattr(result, section or "up").append(Statement(body, block_start + offset, exact=False))
             block_start = None
         elif key in ("no transaction", "notransaction"):
             result.transactional = False

@@ -37,6 +37,12 @@ class MigrationContext:
 
 
 class MigrationHook(Protocol):
+    def wants(self, ctx: MigrationContext) -> bool:
+        """Whether ``before``/``after`` have work for this migration (asked before its transaction
+        begins). When no hook wants a migration, the executor skips both and sends the migration,
+        its bookkeeping rows and COMMIT to PostgreSQL in one round trip.
+        """
+
     def before(self, ctx: MigrationContext) -> None:
         """Called after BEGIN, before the migration's statements."""
 

@@ -7,6 +7,7 @@ import os
 import socket
 
 
+@functools.cache  # the process's identity does not change during a run
 def os_user() -> str:
     """The OS user name, without ``getpass.getuser()`` (which raises without a passwd entry)."""
     for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
@@ -21,6 +22,7 @@ def os_user() -> str:
         return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
+@functools.cache
 def host() -> str:
     try:
         return socket.gethostname() or "unknown"

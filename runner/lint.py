@@ -42,12 +42,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from runner.errors import ConfigError, MigrationFileError
+from runner.logs import get_logger
 from runner.migration import MigrationFile
 
-log = structlog.get_logger("migrate.lint")
+log = get_logger("migrate.lint")
 
 RULES: dict[str, str] = {
     "rename-without-compat": "a rename with no compat declaration breaks running consumers",

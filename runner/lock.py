@@ -18,12 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import structlog
-
 from runner.db import Database
 from runner.errors import LockTimeout
+from runner.logs import get_logger
 
-log = structlog.get_logger("migrate.lock")
+log = get_logger("migrate.lock")
 
 LOCK_CLASS = 0x6D677274  # "mgrt": first key of the two-int advisory lock
 

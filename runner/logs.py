@@ -1,4 +1,9 @@
-"""structlog set-up: human-readable on a terminal, JSON lines otherwise; always stderr."""
+"""structlog set-up: human-readable on a terminal, JSON lines otherwise; always stderr.
+
+Modules take their logger from :func:`get_logger`: structlog is imported (and the CLI's
+configuration applied) when the first event is logged, so a command that logs nothing, such as
+a no-op `migrate up` or `migrate status`, does not pay for importing it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ import logging
 import sys
 from typing import Any
 
-import structlog
-
 from runner.urls import redact
+
+# The configuration asked for by configure(), applied before the next event; None once applied.
+_pending: tuple[str, int] | None = None
 
 
 def _redact_urls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -20,6 +26,15 @@ def _redact_urls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     """``log_format``: auto (console on a terminal, else json), console or json."""
+    global _pending
+    _pending = (log_format, level)
+    # yoyo logs through the standard library; keep it quiet unless it warns.
+    logging.getLogger("yoyo").setLevel(logging.WARNING)
+
+
+def _apply(log_format: str, level: int) -> None:
+    import structlog
+
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: Any
@@ -38,5 +53,29 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # yoyo logs through the standard library; keep it quiet unless it warns.
-    logging.getLogger("yoyo").setLevel(logging.WARNING)
+
+
+class _Logger:
+    """Stands for ``structlog.get_logger(name)`` until an event is logged."""
+
+    __slots__ = ("_name", "_proxy")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._proxy: Any = None
+
+    def __getattr__(self, method: str) -> Any:
+        global _pending
+        if _pending is not None:
+            settings, _pending = _pending, None
+            _apply(*settings)
+        if self._proxy is None:
+            import structlog
+
+            self._proxy = structlog.get_logger(self._name)  # reads the configuration at each call
+        return getattr(self._proxy, method)
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger for ``name``, imported on first use."""
+    return _Logger(name)

@@ -10,10 +10,15 @@ Format = Literal["sql", "goose", "python"]
 
 @dataclass(frozen=True)
 class Statement:
-    """One SQL statement and the 1-based line of the file it starts on."""
+    """One SQL statement and the 1-based line of the file it starts on.
+
+    ``exact``: split by PostgreSQL's grammar, so certainly one statement (not so for a goose
+    StatementBegin/End block, or a file only sqlparse could split).
+    """
 
     sql: str
     line: int
+    exact: bool = True
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import structlog
-
 from runner.hooks import MigrationContext
+from runner.logs import get_logger
 
-log = structlog.get_logger("migrate.snapshot")
+log = get_logger("migrate.snapshot")
 
 SNAPSHOT_TABLE = "_migrate_snapshot"
 SNAPSHOT_FORMAT = 1
@@ -265,6 +264,9 @@ class SnapshotHook:
         self.final_migration_id = final_migration_id
         self.every = every
         self._head: str | None = None
+
+    def wants(self, ctx: MigrationContext) -> bool:
+        return self._is_final(ctx)
 
     def before(self, ctx: MigrationContext) -> None:
         """Nothing to do before a migration."""

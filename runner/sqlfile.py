@@ -20,13 +20,14 @@ _DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES),
 _COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
 
 
-def _split(text: str) -> list[str]:
-    """The statements of ``text``, each as written (with its final ``;``)."""
+def _split(text: str) -> tuple[list[str], bool]:
+    """The statements of ``text``, each as written (with its final ``;``), and whether PostgreSQL's
+    grammar split them."""
     semicolons = text.count(";")
     if semicolons == 0 or (semicolons == 1 and text.rstrip().endswith(";")):
         # Nothing to split (the common one-statement file): no parser needed.
         stripped = text.strip()
-        return [stripped] if stripped else []
+        return ([stripped] if stripped else []), True
     from pglast.parser import ParseError, split
 
     try:
@@ -34,15 +35,16 @@ def _split(text: str) -> list[str]:
     except ParseError:
         import sqlparse
 
-        return sqlparse.split(text)
-    return [text[part.start:part.stop + (text[part.stop:part.stop + 1] == ";")] for part in parts]
+        return sqlparse.split(text), False
+    return [text[part.start:part.stop + (text[part.stop:part.stop + 1] == ";")] for part in parts], True
 
 
 def split_statements(text: str, first_line: int = 1) -> list[Statement]:
     """Statements of ``text``; ``first_line`` is the file line ``text`` starts on."""
     statements: list[Statement] = []
     position = 0
-    for chunk in _split(text):
+    chunks, exact = _split(text)
+    for chunk in chunks:
         if not chunk.strip():
             continue
         index = text.find(chunk, position)
@@ -56,7 +58,7 @@ def split_statements(text: str, first_line: int = 1) -> list[Statement]:
         if skip == len(lines):
             continue  # only comments
         line = first_line + text.count("\n", 0, index) + skip
-        statements.append(Statement(sql=chunk, line=line))
+        statements.append(Statement(sql=chunk, line=line, exact=exact))
     return statements
 
 

@@ -17,7 +17,7 @@ PIECES = ["CREATE TABLE t (id int)", ";", "'", '"', "$$", "$f$", "--", "/*", "*/
 def test_fast_path_only_for_texts_with_at_most_one_statement(text: str) -> None:
     from pglast.parser import ParseError, split
 
-    chunks = _split(text)
+    chunks, _ = _split(text)
     if text.count(";") <= 1 and (";" not in text or text.rstrip().endswith(";")):
         assert len(chunks) <= 1
         try:
@@ -43,3 +43,5 @@ def test_sqlite_only_syntax_falls_back_to_sqlparse() -> None:
             "CREATE TRIGGER trg AFTER INSERT ON t BEGIN UPDATE t SET id = id; END;\n")
     statements = split_statements(text)
     assert len(statements) == 2 and statements[1].sql.startswith("CREATE TRIGGER")
+    assert not any(s.exact for s in statements)  # not certainly one statement each
+    assert all(s.exact for s in split_statements("CREATE TABLE a (id int);\nCREATE TABLE b (id int);"))

@@ -1,0 +1,156 @@
+"""A migration no hook wants goes to PostgreSQL as ONE query (statements, bookkeeping, COMMIT).
+
+Each test ends its folder with a plain ``tail`` migration: the run's last migration is the one the
+snapshot hook wants (it goes the classic way, in three round trips), so the migration under test
+must not be the last.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import run_migrate
+from helpers import history, scalar, tables, write_migrations
+from runner.db import ScriptFailed, run_script
+
+TAIL = {"099_tail.sql": "CREATE TABLE tail (id int);"}
+
+
+def _up(url: str, folder: Path, *extra: str):
+    return run_migrate("up", "--database", url, "--migrations", str(folder), *extra)
+
+
+def test_the_server_receives_migration_bookkeeping_and_commit_in_one_query(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {"001_slow.sql": "SELECT pg_sleep(1.5);\nCREATE TABLE slow (id int);",
+                                               **TAIL})
+    seen: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            while time.monotonic() < deadline and not seen:
+                row = conn.execute("SELECT query FROM pg_stat_activity WHERE application_name = 'migrate' "
+                                   "AND query LIKE '%pg_sleep(1.5)%'").fetchone()
+                if row:
+                    seen.append(row[0])
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    result = _up(pg_url, folder)
+    watcher.join()
+    assert result.returncode == 0, result.stderr
+    assert seen, "the runner's query was never seen"
+    query = seen[0]  # the first track_activity_query_size (1 kB) characters of it
+    assert query.startswith("BEGIN") and "_migrate_history" in query, query
+    assert query.index("pg_sleep") < query.index("CREATE TABLE slow") < query.index("_migrate_history"), query
+    assert history(pg_url) == ["001_slow", "099_tail"]
+    assert scalar(pg_url, "SELECT duration_ms FROM _migrate_history WHERE migration_id = '001_slow'") >= 1500
+
+
+def test_a_runtime_error_names_its_statement(pg_url: str, tmp_path: Path) -> None:
+    """No error position from the server: the statement is found from the results before the error."""
+    folder = write_migrations(tmp_path / "m", {
+        "001_dup.sql": "CREATE TABLE a (id int PRIMARY KEY);\nINSERT INTO a VALUES (1);\n"
+                       "INSERT INTO a VALUES (1);\nCREATE TABLE never (id int);",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 4
+    last = result.stderr.strip().splitlines()[-1]
+    assert "001_dup.sql:3" in last and "INSERT INTO a VALUES (1)" in last and "duplicate key" in last, last
+    assert "rolled back" in last and "Traceback" not in result.stderr
+    assert not {"a", "never", "tail"} & tables(pg_url) and history(pg_url) == []
+
+
+def test_a_syntax_error_names_its_statement_and_runs_nothing(pg_url: str, tmp_path: Path) -> None:
+    """The server parses the whole query first; its error position points into the failing statement."""
+    folder = write_migrations(tmp_path / "m", {
+        "001_ok.sql": "CREATE TABLE ok (id int);",
+        "002_bad.sql": "-- header\nCREATE TABLE partial (id int);\nINSERT INTO partial VALUES (1);\n"
+                       "SELEC broken FROM nowhere;\nCREATE TABLE never (id int);",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 4
+    last = result.stderr.strip().splitlines()[-1]
+    assert "002_bad.sql:4" in last and "SELEC broken" in last and "rolled back" in last, last
+    assert "LINE " not in last  # the server's excerpt counts lines of the query as sent, not of the file
+    assert "partial" not in tables(pg_url) and history(pg_url) == ["001_ok"]
+
+
+def test_a_goose_block_of_several_statements_goes_the_classic_way(pg_url: str, tmp_path: Path) -> None:
+    """A StatementBegin/End block may hold several statements: counting results would blame the wrong one."""
+    folder = write_migrations(tmp_path / "m", {
+        "001_goose.sql": "-- +goose Up\n-- +goose StatementBegin\nCREATE TABLE g1 (id int);\nSELECT 1 / 0;\n"
+                         "-- +goose StatementEnd\nCREATE TABLE g2 (id int);\n",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 4
+    last = result.stderr.strip().splitlines()[-1]
+    assert "001_goose.sql:3" in last and "division by zero" in last, last
+    assert "g1" not in tables(pg_url)
+
+
+def test_session_settings_do_not_leak_from_one_query_into_the_next(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {
+        "001_settings.sql": "CREATE SCHEMA elsewhere;\nSET search_path TO elsewhere;\nSET statement_timeout = 50;\n"
+                            "PREPARE p AS SELECT 1;\nCREATE TEMP TABLE scratch (id int);\nCREATE TABLE in_elsewhere (id int);",
+        "002_check.sql": "SELECT pg_sleep(0.2);\nPREPARE p AS SELECT 2;\nCREATE TEMP TABLE scratch (id int);\n"
+                         "CREATE TABLE public.seen AS SELECT current_setting('search_path') AS p;",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 0, result.stderr
+    assert scalar(pg_url, "SELECT p FROM public.seen") == '"$user", public'
+    assert history(pg_url) == ["001_settings", "002_check", "099_tail"]
+
+
+def test_lock_timeout_in_one_query_retries_and_rolls_back(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {"001_accounts.sql": "CREATE TABLE accounts (id int);"})
+    assert _up(pg_url, folder).returncode == 0
+    write_migrations(folder, {"002_alter.sql": "CREATE TABLE side (id int);\nALTER TABLE accounts ADD COLUMN note text;",
+                              **TAIL})
+    holding, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        with psycopg.connect(pg_url) as conn:
+            conn.execute("SET application_name = 'long-report'")
+            conn.execute("SELECT * FROM accounts")
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    try:
+        holding.wait(10)
+        (tmp_path / "migrate.toml").write_text("lock_retries = 1\n")
+        result = run_migrate("up", "--lock-timeout", "200ms", "--database", pg_url, "--migrations", str(folder),
+                             cwd=tmp_path)
+    finally:
+        release.set()
+        thread.join()
+    assert result.returncode == 3
+    last = result.stderr.strip().splitlines()[-1]
+    assert "002_alter.sql:2" in last and "long-report" in last and "2 attempt(s)" in last, last
+    assert "side" not in tables(pg_url) and history(pg_url) == ["001_accounts"]
+
+
+def test_run_script_names_the_failing_statement(pg_conn: psycopg.Connection) -> None:
+    pg_conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    with pytest.raises(ScriptFailed) as failed:
+        run_script(pg_conn, ["BEGIN", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)", "COMMIT"])
+    assert failed.value.index == 2 and failed.value.error.sqlstate == "23505"
+    pg_conn.execute("ROLLBACK")
+    with pytest.raises(ScriptFailed) as failed:  # a trailing comment cannot swallow the next statement
+        run_script(pg_conn, ["INSERT INTO t VALUES (2) -- two", "SELEC 3", "INSERT INTO t VALUES (4)"])
+    assert failed.value.index == 1 and failed.value.error.sqlstate == "42601"
+    assert pg_conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # parsed first: nothing ran
+    run_script(pg_conn, ["INSERT INTO t VALUES (5) -- five", "INSERT INTO t VALUES (6)"])
+    assert pg_conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone()[0] == [5, 6]
