@@ -324,8 +324,9 @@ def verdicts(rows: list[Row]) -> list[str]:
             continue
         mine, theirs = by[(group, "migrate")], by[(group, other)]
         ratio = paired(mine, theirs)
+        each = ", ".join(f"{x / y:.2f}" for x, y in zip(mine.times, theirs.times))
         out.append(f"{'PASS' if ratio <= target else 'MISS'}: {what} is {ratio:.2f}x {other}, median of "
-                   f"{len(mine.times)} paired runs (best times {mine.best / theirs.best:.2f}x, medians "
+                   f"{len(mine.times)} paired runs [{each}] (best times {mine.best / theirs.best:.2f}x, medians "
                    f"{mine.median / theirs.median:.2f}x; target <= {target}x)")
     heavy = [r for r in rows if r.tool == "migrate" and "sqlalchemy" in r.note]
     out.append(("MISS: SQLAlchemy imported by " + ", ".join(r.label for r in heavy)) if heavy

@@ -12,7 +12,9 @@ This package import is deliberately cheap: nothing here imports psycopg,
 pglast or click; the submodules import them where needed.
 """
 
-__all__ = ["rename_column"]
+__all__ = ["rename_column", "SHIMS_TABLE"]
+
+SHIMS_TABLE = "_migrate_shims"  # the shim registry (compat.registry)
 
 
 def rename_column(*args, **kwargs):  # type: ignore[no-untyped-def]

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from compat import SHIMS_TABLE
 from compat.sqlite_views import quote
 
-SHIMS = "_migrate_shims"
+SHIMS = SHIMS_TABLE
 ROUTES = "_migrate_shim_routes"
 
 _PG_DDL = [

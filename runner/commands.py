@@ -182,11 +182,20 @@ def up(
                 report(confirmed)
             if todo:
                 report(executor.make_durable())
-        from compat.commands import active_summary
-
-        result.shims = active_summary(db)
+        result.shims = _active_shims(db)
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _active_shims(db: Database) -> list[dict[str, Any]]:
+    """The active shims `up` lists at the end (compat.commands only where a registry exists)."""
+    from compat import SHIMS_TABLE
+
+    if not history.table_exists(db, SHIMS_TABLE):
+        return []
+    from compat.commands import active_summary
+
+    return active_summary(db)
 
 
 def _make_durable(executor: Any) -> list[tuple[MigrationFile, float]]:

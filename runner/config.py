@@ -8,7 +8,6 @@ The config file is ``--config FILE`` (or ``MIGRATE_CONFIG``); without one,
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,6 +90,8 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tupl
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file to read
+
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

@@ -164,8 +164,11 @@ def _counting_cursor() -> type:
         failed_at: int | None = None
 
         def _check_results(self, results: list[Any]) -> None:  # psycopg checks all results of a query here
-            self.failed_at = next((n for n, r in enumerate(results) if r.status == ExecStatus.FATAL_ERROR), None)
-            super()._check_results(results)
+            try:
+                super()._check_results(results)
+            except Exception:
+                self.failed_at = next((n for n, r in enumerate(results) if r.status == ExecStatus.FATAL_ERROR), None)
+                raise
 
     return CountingCursor
 

@@ -60,10 +60,12 @@ class Executor:
             search_path, statement_timeout = self.db.execute(
                 "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
             self._begin.append(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True))
-            self._restore = ["RESET ROLE", sql.SQL(
-                "SELECT set_config('search_path', {}, true), set_config('statement_timeout', {}, true)"
+            self._restore = [sql.SQL(
+                "SELECT set_config('role', 'none', true), set_config('search_path', {}, true), "
+                "set_config('statement_timeout', {}, true)"
             ).format(sql.Literal(search_path), sql.Literal(statement_timeout)).as_string(conn)]
             self._reset = self._reset_statements()
+            self._bookkeeping = history.PostgresBookkeeping(self.db)
             # The session reset runs DEALLOCATE ALL after every migration, so psycopg's automatic
             # server-side prepared statements would only be prepared and deallocated again.
             conn.prepare_threshold = None
@@ -194,7 +196,7 @@ class Executor:
         """The whole migration in one round trip (see __post_init__); a failure names its statement.
         Returns whether the COMMIT waited for the WAL flush (see make_durable)."""
         statements = migration.up if ctx.direction == "apply" else migration.down
-        record = [history.render(self.db, migration, ctx.direction, duration_ms=None)]
+        record = [self._bookkeeping.render(migration, ctx.direction, duration_ms=None)]
         flush = ctx.direction != "apply" or time.monotonic() - self._last_flush >= FLUSH_EVERY
         begin = [*self._begin, *([] if flush else ["SET LOCAL synchronous_commit = off"])]
         first = len(begin)
@@ -274,9 +276,10 @@ class Executor:
             self.db.connection.execute("; ".join(self._reset))
 
     def _reset_statements(self) -> list[str]:
-        """Not DISCARD ALL: it would release the runner's advisory lock."""
-        return ["RESET ALL", "RESET ROLE", "SET SESSION AUTHORIZATION DEFAULT", "DEALLOCATE ALL", "CLOSE ALL",
-                "DISCARD TEMP", *([self.db.session_sql] if self.db.session_sql else [])]
+        """Not DISCARD ALL: it would release the runner's advisory lock. SET SESSION AUTHORIZATION
+        DEFAULT also resets the role; RESET ALL resets the runner's own session settings too."""
+        return ["RESET ALL", "SET SESSION AUTHORIZATION DEFAULT", "DEALLOCATE ALL", "CLOSE ALL", "DISCARD TEMP",
+                *([self.db.session_sql] if self.db.session_sql else [])]
 
     def _recover(self) -> None:
         """Leave the backend usable after a failure (yoyo keeps its own transaction flag)."""

@@ -9,7 +9,6 @@ a migration that changes ``search_path`` cannot misdirect them.
 
 from __future__ import annotations
 
-import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -120,30 +119,20 @@ _OPERATIONS = {
 _SERVER_DURATION = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::int"
 
 
-def statements(db: Database, migration: MigrationFile, operation: str, duration_ms: int | None = 0,
+def statements(db: Database, migration: MigrationFile, operation: str, duration_ms: int = 0,
                detail: str | None = None) -> tuple[list[str], dict[str, Any]]:
-    """The bookkeeping statements for ``operation`` (apply, mark, rollback, unmark, rehash) and
-    their parameters: ``%(name)s`` placeholders on PostgreSQL, ``:name`` on SQLite.
-
-    Times come from the server's clock on PostgreSQL (one clock for runners on many hosts).
-    ``duration_ms=None`` (PostgreSQL only): the time since the transaction began, computed by the
-    server as the row is written, for a migration sent in the same query as its bookkeeping.
-    """
-    return list(_texts(db.dialect, _tables(db), operation, duration_ms)), _params(db, migration, operation, detail)
-
-
-def _params(db: Database, migration: MigrationFile, operation: str, detail: str | None) -> dict[str, Any]:
+    """SQLite: the bookkeeping statements for ``operation`` (apply, mark, rollback, unmark,
+    rehash), with ``:name`` parameters, and the parameters."""
     from yoyo.migrations import get_migration_hash
 
+    now = datetime.now(timezone.utc)
     params: dict[str, Any] = {
         "id": migration.id, "checksum": migration.checksum, "op": operation, "by": actor(db_user(db)),
         "detail": detail, "hash": get_migration_hash(migration.id), "uid": str(uuid.uuid4()),
-        "user": os_user(), "host": host(),
+        "user": os_user(), "host": host(), "at": now.isoformat(), "at_utc": now.replace(tzinfo=None).isoformat(" "),
     }
-    if db.dialect != "postgresql":
-        now = datetime.now(timezone.utc)
-        params.update(at=now.isoformat(), at_utc=now.replace(tzinfo=None).isoformat(" "))
-    return params
+    tables = dict(_tables(db))
+    return [sql.format(ms=int(duration_ms), at=":at", at_utc=":at_utc", **tables) for sql in _OPERATIONS[operation]], params
 
 
 def _tables(db: Database) -> tuple[tuple[str, str], ...]:
@@ -152,40 +141,67 @@ def _tables(db: Database) -> tuple[tuple[str, str], ...]:
                  (("history", HISTORY), ("log", LOG), ("yoyo_migration", YOYO_MIGRATION), ("yoyo_log", YOYO_LOG)))
 
 
-@functools.lru_cache(maxsize=64)
-def _texts(dialect: str, tables: tuple[tuple[str, str], ...], operation: str, duration_ms: int | None) -> tuple[str, ...]:
-    """The SQL of ``operation`` with its slots filled in (computed once per run and operation)."""
-    ms = _SERVER_DURATION if duration_ms is None else str(int(duration_ms))
-    if dialect == "postgresql":
-        at, at_utc = "clock_timestamp()", "(clock_timestamp() AT TIME ZONE 'UTC')"
-        # ``:name`` -> ``%(name)s`` before the names are filled in (a ``:`` in a quoted name is not a
-        # parameter), and a ``%`` in a name doubled for psycopg.
-        names = {slot: name.replace("%", "%%") for slot, name in tables}
-        return tuple(_NAMED.sub(r"%(\1)s", sql).format(ms=ms, at=at, at_utc=at_utc, **names)
-                     for sql in _OPERATIONS[operation])
-    return tuple(sql.format(ms=ms, at=":at", at_utc=":at_utc", **dict(tables)) for sql in _OPERATIONS[operation])
+class PostgresBookkeeping:
+    """PostgreSQL: the bookkeeping of an operation as ONE statement, values quoted by psycopg, to be
+    sent with other statements in one simple-protocol query. The run's constants (tables, who)
+    are quoted once; each migration quotes only its own values.
 
-
-_NAMED = re.compile(r"(?<![:\w]):([a-z_]+)\b")
-
-
-@functools.lru_cache(maxsize=64)
-def _one_statement(texts: tuple[str, ...]) -> str:
-    """PostgreSQL: the statements as one, all but the last as data-modifying CTEs (no two touch
-    the same row, so their order does not matter)."""
-    *first, last = texts
-    return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(first)) + " " + last if first else last
-
-
-def render(db: Database, migration: MigrationFile, operation: str, duration_ms: int | None = 0,
-           detail: str | None = None) -> str:
-    """PostgreSQL: the bookkeeping as ONE statement, its values bound client-side with psycopg's
-    quoting, to be sent with other statements in one simple-protocol query.
+    Times come from the server's clock (one clock for runners on many hosts). ``duration_ms=None``:
+    the time since the transaction began, computed by the server as the row is written, for a
+    migration sent in the same query as its bookkeeping.
     """
-    from psycopg import ClientCursor
 
-    text = _one_statement(_texts(db.dialect, _tables(db), operation, duration_ms))
-    return ClientCursor(db.connection).mogrify(text, _params(db, migration, operation, detail))
+    def __init__(self, db: Database) -> None:
+        from psycopg.sql import Literal
+
+        self._conn = db.connection
+        self._literal = Literal
+        quoted = {k: _brace(Literal(v).as_string(self._conn))
+                  for k, v in (("by", actor(db_user(db))), ("user", os_user()), ("host", host()))}
+        self._constants = _Keep(at="clock_timestamp()", at_utc="(clock_timestamp() AT TIME ZONE 'UTC')",
+                                **quoted, **{slot: _brace(name) for slot, name in _tables(db)})
+        self._templates: dict[tuple[str, int | None], str] = {}
+
+    def render(self, migration: MigrationFile, operation: str, duration_ms: int | None = 0,
+               detail: str | None = None) -> str:
+        from yoyo.migrations import get_migration_hash
+
+        template = self._templates.get((operation, duration_ms))
+        if template is None:
+            template = self._templates[(operation, duration_ms)] = self._template(operation, duration_ms)
+        quote = self._quote
+        return template.format(id=quote(migration.id), checksum=quote(migration.checksum),
+                               hash=quote(get_migration_hash(migration.id)), uid=quote(str(uuid.uuid4())),
+                               detail=quote(detail))
+
+    def _quote(self, value: str | None) -> str:
+        return self._literal(value).as_string(self._conn)
+
+    def _template(self, operation: str, duration_ms: int | None) -> str:
+        """All statements but the last as data-modifying CTEs (no two touch the same row, so their
+        order does not matter); ``{id}``, ``{checksum}``, ``{hash}``, ``{uid}`` and ``{detail}``
+        left for each migration: a str.format() template."""
+        ms = ("(extract(epoch FROM clock_timestamp() - now()) * 1000)::int" if duration_ms is None
+              else str(int(duration_ms)))
+        constants = _Keep(self._constants, op=_brace(self._quote(operation)), ms=ms)
+        *first, last = [_NAMED.sub(r"{\1}", sql).format_map(constants) for sql in _OPERATIONS[operation]]
+        return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(first)) + " " + last if first else last
+
+
+class _Keep(dict):  # type: ignore[type-arg]
+    """format_map() mapping that leaves the per-migration ``{slots}`` in place."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _brace(text: str) -> str:
+    """``text`` safe inside a str.format() template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# ``:name`` parameters in _OPERATIONS (not after ``:`` or inside a word: ``::int`` is a cast).
+_NAMED = re.compile(r"(?<![:\w]):([a-z_]+)\b")
 
 
 def record(db: Database, migration: MigrationFile, operation: str, duration_ms: int = 0, detail: str | None = None,
@@ -197,7 +213,8 @@ def record(db: Database, migration: MigrationFile, operation: str, duration_ms: 
     executor's COMMIT.
     """
     if db.dialect == "postgresql":
-        db.connection.execute(render(db, migration, operation, duration_ms, detail) + (f";\n{then}" if then else ""))
+        text = PostgresBookkeeping(db).render(migration, operation, duration_ms, detail)
+        db.connection.execute(text + (f";\n{then}" if then else ""))
         return
     sqls, params = statements(db, migration, operation, duration_ms, detail)
     for sql in sqls:
