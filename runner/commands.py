@@ -134,7 +134,7 @@ def up(
     compat: bool = True,
 ) -> UpResult:
     """Apply pending migrations in order, each exactly once, under the runner's lock."""
-    from runner.executor import Executor
+    from runner.executor import BATCH_MAX, BatchFailed, Executor
 
     started = time.perf_counter()
     files = load_migrations(settings.migrations)
@@ -170,16 +170,38 @@ def up(
                              duration_ms=round(seconds * 1000, 1), outcome="applied",
                              elapsed_s=round(time.perf_counter() - started, 2))
 
-            for n, migration in enumerate(todo, 1):
-                log.info("applying", migration=migration.id, n=n, total=total)
-                try:
-                    confirmed = executor.apply(migration, previous_of[migration.id])
-                except Exception:
-                    report(_make_durable(executor))
-                    log.error("failed", migration=migration.id, n=n, total=total, outcome="failed",
-                              elapsed_s=round(time.perf_counter() - started, 2))
-                    raise
-                report(confirmed)
+            # A fresh database: schema-only migrations go up to BATCH_MAX per transaction (Executor.apply_batch).
+            fresh = bool(todo) and db.dialect == "postgresql" and history.is_fresh(db)
+            i = 0
+            while i < total:
+                batch = [todo[i]]
+                while (fresh and len(batch) < BATCH_MAX and i + len(batch) < total
+                       and executor.batchable(todo[i + len(batch)], previous_of[todo[i + len(batch)].id])
+                       and (len(batch) > 1 or executor.batchable(batch[0], previous_of[batch[0].id]))):
+                    batch.append(todo[i + len(batch)])
+                if len(batch) > 1:
+                    for migration in batch:
+                        log.info("applying", migration=migration.id, n=position[migration.id], total=total,
+                                 batch=len(batch))
+                    try:
+                        report(executor.apply_batch(batch))
+                        i += len(batch)
+                        continue
+                    except BatchFailed as err:
+                        log.info("batch rolled back, applying its migrations one by one", first=batch[0].id,
+                                 last=batch[-1].id, error=str(err))
+                for migration in batch:
+                    n = position[migration.id]
+                    log.info("applying", migration=migration.id, n=n, total=total)
+                    try:
+                        confirmed = executor.apply(migration, previous_of[migration.id])
+                    except Exception:
+                        report(_make_durable(executor))
+                        log.error("failed", migration=migration.id, n=n, total=total, outcome="failed",
+                                  elapsed_s=round(time.perf_counter() - started, 2))
+                        raise
+                    report(confirmed)
+                i += len(batch)
             if todo:
                 report(executor.make_durable())
         result.shims = _active_shims(db)

@@ -10,6 +10,7 @@ one, without releasing the runner's session-level advisory lock.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -24,9 +25,21 @@ from runner.migration import MigrationFile, Statement
 
 log = get_logger("migrate.executor")
 
+# Migrations at most in one batch (Executor.apply_batch).
+BATCH_MAX = 100
 # How long migrations may commit without waiting for the WAL flush before one COMMIT waits again
 # (see Executor.make_durable): at most this much applied work is unconfirmed at any time.
 FLUSH_EVERY = 0.1  # seconds
+
+
+class BatchFailed(Exception):
+    """A batch was rolled back whole (see Executor.apply_batch); ``str()`` is the server's message."""
+
+
+# Statements a batch may hold: schema changes, quick on the new, empty tables of a fresh database
+# (data changes, DO blocks and anything else go one migration per transaction).
+_SCHEMA_STATEMENT = re.compile(
+    r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(CREATE|ALTER|COMMENT|GRANT|REVOKE|DROP)\b", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass
@@ -196,26 +209,98 @@ class Executor:
         """The whole migration in one round trip (see __post_init__); a failure names its statement.
         Returns whether the COMMIT waited for the WAL flush (see make_durable)."""
         statements = migration.up if ctx.direction == "apply" else migration.down
-        record = [self._bookkeeping.render(migration, ctx.direction, duration_ms=None)]
-        flush = ctx.direction != "apply" or time.monotonic() - self._last_flush >= FLUSH_EVERY
-        begin = [*self._begin, *([] if flush else ["SET LOCAL synchronous_commit = off"])]
-        first = len(begin)
-        commit = first + len(statements) + len(self._restore) + len(record)
+        flush = ctx.direction != "apply" or self._flush_due()
+        parts, first, commit = self._script([migration], ctx.direction, flush)
         self.db.backend._in_transaction = True  # for _recover: roll back whatever the failure left open
         try:
-            run_script(self.db.connection,
-                       [*begin, *(s.sql for s in statements), *self._restore, *record, "COMMIT", *self._reset])
+            run_script(self.db.connection, parts)
         except ScriptFailed as failed:
             if failed.index is not None and failed.index > commit and not is_connection_error(failed.error):
                 raise MigrationFailed(
                     f"{migration.path}: migration {migration.id} was applied and recorded, but resetting the "
                     f"session after it failed: {one_line(failed.error)}; run `migrate up` again"
                 ) from None
-            if failed.index is not None and first <= failed.index < first + len(statements):
-                tracker.current = statements[failed.index - first]
+            if failed.index is not None and first[0] <= failed.index < first[0] + len(statements):
+                tracker.current = statements[failed.index - first[0]]
             raise failed.error from None
         self.db.backend._in_transaction = False
         return flush
+
+    def _flush_due(self) -> bool:
+        return time.monotonic() - self._last_flush >= FLUSH_EVERY
+
+    def _script(self, migrations: Sequence[MigrationFile], direction: str, flush: bool) -> tuple[list[str], list[int], int]:
+        """The statements of one query applying ``migrations`` in one transaction, where each
+        migration's statements start, and where COMMIT is.
+
+        Per migration: SET LOCAL lock_timeout (and synchronous_commit = off unless ``flush``), its
+        statements, the restore of role/search_path/statement_timeout, its bookkeeping; between
+        two migrations the session reset (RESET ALL also ends the SET LOCALs) and the start time
+        its bookkeeping measures the duration from (history.SERVER_DURATION).
+        """
+        parts = ["BEGIN"]
+        starts = []
+        for n, migration in enumerate(migrations):
+            if n:
+                parts.extend(self._reset)
+            parts.extend(self._begin[1:])
+            if not flush:
+                parts.append("SET LOCAL synchronous_commit = off")
+            if len(migrations) > 1:
+                parts.append("SELECT set_config('migrate.started', clock_timestamp()::text, true)")
+            starts.append(len(parts))
+            parts.extend(s.sql for s in (migration.up if direction == "apply" else migration.down))
+            parts.extend(self._restore)
+            parts.append(self._bookkeeping.render(migration, direction, duration_ms=None))
+        commit = len(parts)
+        parts.append("COMMIT")
+        parts.extend(self._reset)
+        return parts, starts, commit
+
+    # -- several migrations in one transaction (a fresh database) ------------------------
+    def batchable(self, migration: MigrationFile, previous: MigrationFile | None) -> bool:
+        """Whether ``migration`` may share a transaction with others (``apply_batch``): a migration
+        that goes in one query and only changes the schema (every statement one of
+        CREATE, ALTER, COMMENT, GRANT, REVOKE or DROP), so it is quick on a fresh database."""
+        if not migration.transactional or not all(_SCHEMA_STATEMENT.match(s.sql) for s in migration.up):
+            return False
+        ctx = MigrationContext(self.db.connection, self.db.dialect, self.db.schema, migration, previous,
+                               self.settings, "apply")
+        return self._in_one_query(migration, ctx)
+
+    def apply_batch(self, migrations: Sequence[MigrationFile]) -> list[tuple[MigrationFile, float]]:
+        """Apply ``migrations`` (each ``batchable``) in ONE transaction and one query, each with its
+        own bookkeeping rows and a session reset between them. Returns what ``apply`` returns.
+
+        All or nothing: on any failure the transaction is rolled back and :class:`BatchFailed`
+        raised, so the caller applies them one by one (and gets that path's errors and retries).
+        Meant for a fresh database (history.is_fresh), where no other session can be waiting
+        for the locks the batch holds until its COMMIT.
+        """
+        flush = self._flush_due()
+        parts, _, _ = self._script(migrations, "apply", flush)
+        started = time.perf_counter()
+        self.db.backend._in_transaction = True
+        try:
+            run_script(self.db.connection, parts)
+        except ScriptFailed as failed:
+            self._recover()
+            if is_connection_error(failed.error):
+                unconfirmed = [m.id for m, _ in self._unconfirmed] + [m.id for m in migrations]
+                raise DatabaseUnreachable(
+                    f"lost the connection to the database while applying {migrations[0].id} to {migrations[-1].id} "
+                    f"in one transaction: {one_line(failed.error)}; that transaction and those of the migrations "
+                    f"not yet confirmed on disk ({unconfirmed[0]} to {unconfirmed[-1]}) each committed whole "
+                    f"(with its bookkeeping) or not at all: run `migrate up` again"
+                ) from None
+            raise BatchFailed(server_message(failed.error)) from None
+        self.db.backend._in_transaction = False
+        durations = dict(self.db.connection.execute(
+            f"SELECT migration_id, duration_ms FROM {self.db.qualify(history.HISTORY)} WHERE migration_id = ANY(%s)",
+            ([m.id for m in migrations],)).fetchall())
+        elapsed = time.perf_counter() - started
+        self._unconfirmed.extend((m, durations.get(m.id, elapsed * 1000 / len(migrations)) / 1000) for m in migrations)
+        return self._confirm() if flush else []
 
     def _non_transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> bool:
         """Statements in autocommit; hooks' after() and the bookkeeping only once all succeeded."""

@@ -67,6 +67,20 @@ def ensure_tables(db: Database) -> None:
             internalmigrations.upgrade(db.backend)
 
 
+def is_fresh(db: Database) -> bool:
+    """PostgreSQL: no migration applied and no table, view or sequence in any schema but the
+    runner's own tables: nothing there for another session to be using yet."""
+    if read_applied(db):
+        return False
+    ours = [HISTORY, LOG, YOYO_MIGRATION, YOYO_LOG, "_yoyo_version", "yoyo_lock", "_migrate_snapshot"]
+    row = db.connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname <> 'information_schema' "
+        "AND n.nspname !~ '^pg_' AND NOT (n.nspname = current_schema() AND c.relname = ANY(%s)))",
+        (ours + [f"{name}_id_seq" for name in (LOG,)],)).fetchone()
+    return not row[0]
+
+
 def read_applied(db: Database) -> list[AppliedMigration]:
     """Applied migrations in the order they were applied ([] on a new database)."""
     if not table_exists(db, HISTORY):
@@ -116,7 +130,10 @@ _OPERATIONS = {
     "unmark": (_DELETE_HISTORY, _LOG, _DELETE_YOYO, _YOYO_LOG),
     "rehash": ("UPDATE {history} SET checksum = :checksum WHERE migration_id = :id", _LOG),
 }
-_SERVER_DURATION = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::int"
+# Milliseconds since the migration began: since ``migrate.started`` where the executor set it (several
+# migrations in one transaction), else since the transaction began.
+SERVER_DURATION = ("(extract(epoch FROM clock_timestamp() - coalesce(nullif(current_setting('migrate.started', true), "
+                   "'')::timestamptz, now())) * 1000)::int")
 
 
 def statements(db: Database, migration: MigrationFile, operation: str, duration_ms: int = 0,
@@ -147,8 +164,8 @@ class PostgresBookkeeping:
     are quoted once; each migration quotes only its own values.
 
     Times come from the server's clock (one clock for runners on many hosts). ``duration_ms=None``:
-    the time since the transaction began, computed by the server as the row is written, for a
-    migration sent in the same query as its bookkeeping.
+    the time since the migration began (SERVER_DURATION), computed by the server as the row is
+    written, for a migration sent in the same query as its bookkeeping.
     """
 
     def __init__(self, db: Database) -> None:
@@ -181,8 +198,7 @@ class PostgresBookkeeping:
         """All statements but the last as data-modifying CTEs (no two touch the same row, so their
         order does not matter); ``{id}``, ``{checksum}``, ``{hash}``, ``{uid}`` and ``{detail}``
         left for each migration: a str.format() template."""
-        ms = ("(extract(epoch FROM clock_timestamp() - now()) * 1000)::int" if duration_ms is None
-              else str(int(duration_ms)))
+        ms = SERVER_DURATION if duration_ms is None else str(int(duration_ms))
         constants = _Keep(self._constants, op=_brace(self._quote(operation)), ms=ms)
         *first, last = [_NAMED.sub(r"{\1}", sql).format_map(constants) for sql in _OPERATIONS[operation]]
         return "WITH " + ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(first)) + " " + last if first else last

@@ -154,3 +154,73 @@ def test_run_script_names_the_failing_statement(pg_conn: psycopg.Connection) -> 
     assert pg_conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # parsed first: nothing ran
     run_script(pg_conn, ["INSERT INTO t VALUES (5) -- five", "INSERT INTO t VALUES (6)"])
     assert pg_conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone()[0] == [5, 6]
+
+
+# ----------------------------------------------------------------------------- batches on a fresh database
+
+def _events(stderr: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def _batches(stderr: str) -> dict[str, int]:
+    return {e["migration"]: e["batch"] for e in _events(stderr) if e["event"] == "applying" and "batch" in e}
+
+
+def test_a_fresh_database_gets_its_schema_migrations_in_batches(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {
+        **{f"00{i}_t{i}.sql": f"-- table {i}\nCREATE TABLE t{i} (id int PRIMARY KEY);\nCOMMENT ON TABLE t{i} IS 't';"
+           for i in range(1, 5)},
+        "005_seed.sql": "INSERT INTO t1 VALUES (1);",
+        "006_idx.sql": "CREATE INDEX t2_id ON t2 (id);",
+        "007_fk.sql": "ALTER TABLE t3 ADD COLUMN t1_id int REFERENCES t1 (id);",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 0, result.stderr
+    assert _batches(result.stderr) == {"001_t1": 4, "002_t2": 4, "003_t3": 4, "004_t4": 4, "006_idx": 2, "007_fk": 2}
+    applied = [e["migration"] for e in _events(result.stderr) if e["event"] == "applied"]
+    ids = ["001_t1", "002_t2", "003_t3", "004_t4", "005_seed", "006_idx", "007_fk", "099_tail"]
+    assert applied == ids and history(pg_url) == ids
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM _migrate_log WHERE operation = 'apply'").fetchone()[0] == 8
+        assert conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()[0] == 8
+        durations = conn.execute("SELECT array_agg(duration_ms) FROM _migrate_history").fetchone()[0]
+        assert all(d is not None and 0 <= d < 10_000 for d in durations)
+    assert run_migrate("verify", "--database", pg_url, "--migrations", str(folder)).returncode == 0
+
+
+def test_a_failure_in_a_batch_applies_its_migrations_one_by_one(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {
+        "001_a.sql": "CREATE TABLE a (id int);",
+        "002_b.sql": "CREATE TABLE b (id int);",
+        "003_again.sql": "-- oops\nCREATE TABLE c (id int);\nCREATE TABLE a (id int);",
+        "004_d.sql": "CREATE TABLE d (id int);",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 4
+    assert _batches(result.stderr) == {"001_a": 4, "002_b": 4, "003_again": 4, "004_d": 4}
+    assert any(e["event"].startswith("batch rolled back") for e in _events(result.stderr))
+    last = result.stderr.strip().splitlines()[-1]
+    assert "003_again.sql:3" in last and "already exists" in last and "rolled back" in last, last
+    assert history(pg_url) == ["001_a", "002_b"] and {"a", "b"} <= tables(pg_url)
+    assert not {"c", "d"} & tables(pg_url)
+
+
+def test_no_batches_once_the_database_is_not_fresh(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (id int);"})
+    assert _up(pg_url, folder).returncode == 0
+    write_migrations(folder, {"002_b.sql": "CREATE TABLE b (id int);", "003_c.sql": "CREATE TABLE c (id int);", **TAIL})
+    later = _up(pg_url, folder)
+    assert later.returncode == 0 and _batches(later.stderr) == {}
+
+    other = tmp_path / "other"
+    with psycopg.connect(other_url := pg_url, autocommit=True) as conn:  # a table nobody recorded
+        conn.execute("CREATE SCHEMA app; CREATE TABLE app.users (id int)")
+        conn.execute("DROP TABLE _migrate_history, _migrate_log, a, b, c, tail")
+    write_migrations(other, {"001_x.sql": "CREATE TABLE x (id int);", "002_y.sql": "CREATE TABLE y (id int);", **TAIL})
+    result = _up(other_url, other)
+    assert result.returncode == 0, result.stderr
+    assert _batches(result.stderr) == {}
