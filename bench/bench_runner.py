@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         for r in range(1, args.rounds + 1):
             # The tools take turns going first; each starts after a CHECKPOINT (when the role may
             # run one), so none of them pays for a checkpoint the one before it caused.
-            tools = ["psql", "yoyo", "migrate"] if psql else ["yoyo", "migrate"]
+            tools = ["psql", "yoyo", "migrate", "migrate_used"] if psql else ["yoyo", "migrate", "migrate_used"]
             shift = (r - 1) % len(tools)
             for tool in tools[shift:] + tools[:shift]:
                 db = server.create(f"{tool}_{r}")
@@ -230,9 +230,13 @@ def run(args: argparse.Namespace) -> list[Row]:
                     cmd = [*migrate, "--database", server.url(db), "--migrations", str(folder), "--log-format",
                            "json", "up"]
                     label = f"apply {n}: migrate up"
+                    if tool == "migrate_used":  # a table already there: not fresh, no batches
+                        with psycopg.connect(server.url(db), autocommit=True) as conn:
+                            conn.execute("CREATE TABLE already_here (id int)")
+                        label = f"apply {n}: migrate up, database not fresh"
                 add(f"apply_{tool}", label, "apply", tool, timed(cmd, work, work / f"{tool}.log"))
                 _check(server, db, n, tool)
-                if r < args.rounds or tool == "psql":
+                if r < args.rounds or tool in ("psql", "migrate_used"):
                     server.drop(db)
                 else:
                     keep[tool] = db
@@ -328,6 +332,10 @@ def verdicts(rows: list[Row]) -> list[str]:
         out.append(f"{'PASS' if ratio <= target else 'MISS'}: {what} is {ratio:.2f}x {other}, median of "
                    f"{len(mine.times)} paired runs [{each}] (best times {mine.best / theirs.best:.2f}x, medians "
                    f"{mine.median / theirs.median:.2f}x; target <= {target}x)")
+    if ("apply", "migrate_used") in by and ("apply", "psql") in by:
+        used, psql = by[("apply", "migrate_used")], by[("apply", "psql")]
+        out.append(f"info: on a database that is not fresh (no batches) apply is {paired(used, psql):.2f}x psql, "
+                   f"median of {len(used.times)} paired runs (best times {used.best / psql.best:.2f}x)")
     heavy = [r for r in rows if r.tool == "migrate" and "sqlalchemy" in r.note]
     out.append(("MISS: SQLAlchemy imported by " + ", ".join(r.label for r in heavy)) if heavy
                else "PASS: --help, status and up do not import SQLAlchemy")
