@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -32,3 +33,14 @@ def history(url: str) -> list[str]:
 def scalar(url: str, query: str, params: tuple = ()) -> object:
     with psycopg.connect(url) as conn:
         return conn.execute(query, params).fetchone()[0]
+
+
+def hold_table(url: str, table: str, ready: threading.Event, release: threading.Event) -> None:
+    """A report (application_name 'long-report') reading ``table``: holds its AccessShareLock,
+    which a migration's ALTER TABLE must wait for, until ``release`` is set."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SET application_name = 'long-report'")
+        conn.execute(f"SELECT count(*) FROM {table}")
+        ready.set()
+        release.wait(60)
+        conn.rollback()

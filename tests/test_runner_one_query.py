@@ -25,6 +25,14 @@ def _up(url: str, folder: Path, *extra: str):
     return run_migrate("up", "--database", url, "--migrations", str(folder), *extra)
 
 
+def _failure(url: str, folder: Path) -> str:
+    """`up` fails with exit 4, no traceback; its last stderr line (the error)."""
+    result = _up(url, folder)
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 def test_the_server_receives_migration_bookkeeping_and_commit_in_one_query(pg_url: str, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path / "m", {"001_slow.sql": "SELECT pg_sleep(1.5);\nCREATE TABLE slow (id int);",
                                                **TAIL})
@@ -60,11 +68,9 @@ def test_a_runtime_error_names_its_statement(pg_url: str, tmp_path: Path) -> Non
                        "INSERT INTO a VALUES (1);\nCREATE TABLE never (id int);",
         **TAIL,
     })
-    result = _up(pg_url, folder)
-    assert result.returncode == 4
-    last = result.stderr.strip().splitlines()[-1]
+    last = _failure(pg_url, folder)
     assert "001_dup.sql:3" in last and "INSERT INTO a VALUES (1)" in last and "duplicate key" in last, last
-    assert "rolled back" in last and "Traceback" not in result.stderr
+    assert "rolled back" in last
     assert not {"a", "never", "tail"} & tables(pg_url) and history(pg_url) == []
 
 
@@ -76,9 +82,7 @@ def test_a_syntax_error_names_its_statement_and_runs_nothing(pg_url: str, tmp_pa
                        "SELEC broken FROM nowhere;\nCREATE TABLE never (id int);",
         **TAIL,
     })
-    result = _up(pg_url, folder)
-    assert result.returncode == 4
-    last = result.stderr.strip().splitlines()[-1]
+    last = _failure(pg_url, folder)
     assert "002_bad.sql:4" in last and "SELEC broken" in last and "rolled back" in last, last
     assert "LINE " not in last  # the server's excerpt counts lines of the query as sent, not of the file
     assert "partial" not in tables(pg_url) and history(pg_url) == ["001_ok"]
@@ -91,9 +95,7 @@ def test_a_goose_block_of_several_statements_goes_the_classic_way(pg_url: str, t
                          "-- +goose StatementEnd\nCREATE TABLE g2 (id int);\n",
         **TAIL,
     })
-    result = _up(pg_url, folder)
-    assert result.returncode == 4
-    last = result.stderr.strip().splitlines()[-1]
+    last = _failure(pg_url, folder)
     assert "001_goose.sql:3" in last and "division by zero" in last, last
     assert "g1" not in tables(pg_url)
 
@@ -110,36 +112,6 @@ def test_session_settings_do_not_leak_from_one_query_into_the_next(pg_url: str, 
     assert result.returncode == 0, result.stderr
     assert scalar(pg_url, "SELECT p FROM public.seen") == '"$user", public'
     assert history(pg_url) == ["001_settings", "002_check", "099_tail"]
-
-
-def test_lock_timeout_in_one_query_retries_and_rolls_back(pg_url: str, tmp_path: Path) -> None:
-    folder = write_migrations(tmp_path / "m", {"001_accounts.sql": "CREATE TABLE accounts (id int);"})
-    assert _up(pg_url, folder).returncode == 0
-    write_migrations(folder, {"002_alter.sql": "CREATE TABLE side (id int);\nALTER TABLE accounts ADD COLUMN note text;",
-                              **TAIL})
-    holding, release = threading.Event(), threading.Event()
-
-    def block() -> None:
-        with psycopg.connect(pg_url) as conn:
-            conn.execute("SET application_name = 'long-report'")
-            conn.execute("SELECT * FROM accounts")
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=block)
-    thread.start()
-    try:
-        holding.wait(10)
-        (tmp_path / "migrate.toml").write_text("lock_retries = 1\n")
-        result = run_migrate("up", "--lock-timeout", "200ms", "--database", pg_url, "--migrations", str(folder),
-                             cwd=tmp_path)
-    finally:
-        release.set()
-        thread.join()
-    assert result.returncode == 3
-    last = result.stderr.strip().splitlines()[-1]
-    assert "002_alter.sql:2" in last and "long-report" in last and "2 attempt(s)" in last, last
-    assert "side" not in tables(pg_url) and history(pg_url) == ["001_accounts"]
 
 
 def test_run_script_names_the_failing_statement(pg_conn: psycopg.Connection) -> None:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from conftest import ROOT, run_migrate
-from helpers import history, scalar, tables, write_migrations
+from helpers import history, hold_table, scalar, tables, write_migrations
 
 
 def _start_up(url: str, folder: Path, *extra: str) -> subprocess.Popen:
@@ -127,19 +127,18 @@ def test_lock_wait_bounds_waiting_for_another_runner(pg_url: str, tmp_path: Path
 
 
 def _blocker(url: str, ready: threading.Event, release: threading.Event) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute("SET application_name = 'long-report'")
-        conn.execute("SELECT count(*) FROM accounts")  # AccessShareLock until the transaction ends
-        ready.set()
-        release.wait(60)
-        conn.rollback()
+    hold_table(url, "accounts", ready, release)
 
 
-def test_lock_timeout_retries_then_names_the_blocker(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_query", [False, True], ids=["last-migration", "one-query"])
+def test_lock_timeout_retries_then_names_the_blocker(pg_url: str, tmp_path: Path, one_query: bool) -> None:
+    """The run's last migration takes three round trips (the snapshot hook wants it); one followed
+    by another goes in one query (tests/test_runner_one_query.py)."""
     folder = write_migrations(tmp_path / "m", {"001_accounts.sql": "CREATE TABLE accounts (id int);"})
     assert run_migrate("up", "--database", pg_url, "--migrations", str(folder)).returncode == 0
     write_migrations(folder, {"002_alter.sql": "CREATE TABLE side (id int);\n"
-                                               "ALTER TABLE accounts ADD COLUMN note text;"})
+                                               "ALTER TABLE accounts ADD COLUMN note text;",
+                              **({"099_tail.sql": "CREATE TABLE tail (id int);"} if one_query else {})})
     (tmp_path / "migrate.toml").write_text("lock_retries = 2\n")
     ready, release = threading.Event(), threading.Event()
     thread = threading.Thread(target=_blocker, args=(pg_url, ready, release))
@@ -153,6 +152,7 @@ def test_lock_timeout_retries_then_names_the_blocker(pg_url: str, tmp_path: Path
         thread.join()
     assert result.returncode == 3
     assert "long-report" in result.stderr and "accounts" in result.stderr and "3 attempt(s)" in result.stderr
+    assert "002_alter.sql:2" in result.stderr.strip().splitlines()[-1]
     assert "side" not in tables(pg_url)  # the first statement was rolled back too
     assert history(pg_url) == ["001_accounts"]
     assert run_migrate("up", "--database", pg_url, "--migrations", str(folder)).returncode == 0
