@@ -94,6 +94,10 @@ def table(figures: dict[str, Any]) -> list[str]:
         ("PostgreSQL restarted / stopped during a run (private cluster)",
          f"{get('postgres_restart', 'injected')} restarts or stops", get("postgres_restart", "survived"),
          get("postgres_restart", "half_applied")),
+        ("PostgreSQL crashed (`pg_ctl stop -m immediate`, WAL writer held back) right after a failed and a "
+         "finished run: what `up` reported applied is there",
+         f"{get('postgres_crash_after_run', 'injected')} crashes", get("postgres_crash_after_run", "survived"),
+         get("postgres_crash_after_run", "half_applied")),
         ("Table locked by a long transaction (`--lock-timeout 200ms`, retries, blocker named)",
          f"{get('lock_wait', 'injected')} lock conflicts; other clients' worst wait "
          f"{get('lock_wait_worst_ms', 'probe')} ms", get("lock_wait", "survived"), get("lock_wait", "half_applied")),
