@@ -171,14 +171,14 @@ def up(
                              elapsed_s=round(time.perf_counter() - started, 2))
 
             # A fresh database: schema-only migrations go up to BATCH_MAX per transaction (Executor.apply_batch).
-            fresh = bool(todo) and db.dialect == "postgresql" and history.is_fresh(db)
+            fresh = bool(todo) and not state.applied and db.dialect == "postgresql" and history.is_empty(db)
             i = 0
             while i < total:
                 batch = [todo[i]]
-                while (fresh and len(batch) < BATCH_MAX and i + len(batch) < total
-                       and executor.batchable(todo[i + len(batch)], previous_of[todo[i + len(batch)].id])
-                       and (len(batch) > 1 or executor.batchable(batch[0], previous_of[batch[0].id]))):
-                    batch.append(todo[i + len(batch)])
+                if fresh and executor.batchable(todo[i], previous_of[todo[i].id]):
+                    while (len(batch) < BATCH_MAX and i + len(batch) < total
+                           and executor.batchable(todo[i + len(batch)], previous_of[todo[i + len(batch)].id])):
+                        batch.append(todo[i + len(batch)])
                 if len(batch) > 1:
                     for migration in batch:
                         log.info("applying", migration=migration.id, n=position[migration.id], total=total,

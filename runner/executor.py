@@ -60,7 +60,8 @@ class Executor:
         # ONE query: BEGIN + SET LOCAL lock_timeout, its statements, the restore of role/search_path/
         # statement_timeout, the bookkeeping rows, COMMIT and the session reset. Otherwise the same
         # statements go in three round trips around the hooks (see _transactional).
-        self._begin = ["BEGIN"]
+        # SET LOCALs at the start of each migration's transaction (after BEGIN).
+        self._locals: list[str] = []
         # Applied migrations whose COMMIT did not wait for the WAL flush, and when a COMMIT last did.
         self._unconfirmed: list[tuple[MigrationFile, float]] = []
         self._last_flush = time.monotonic()
@@ -72,7 +73,7 @@ class Executor:
             conn = self.db.connection
             search_path, statement_timeout = self.db.execute(
                 "SELECT current_setting('search_path'), current_setting('statement_timeout')").fetchone()
-            self._begin.append(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True))
+            self._locals.append(lockwaits.set_lock_timeout_sql(self.settings.lock_timeout, local=True))
             self._restore = [sql.SQL(
                 "SELECT set_config('role', 'none', true), set_config('search_path', {}, true), "
                 "set_config('statement_timeout', {}, true)"
@@ -186,7 +187,7 @@ class Executor:
         if self._in_one_query(migration, ctx):
             return self._one_query(migration, ctx, tracker)
         backend._in_transaction = True  # yoyo's flag: Python steps nest as savepoints in our transaction
-        conn.execute("; ".join(self._begin))
+        conn.execute("; ".join(["BEGIN", *self._locals]))
         for hook in self.hooks:
             hook.before(ctx)
         self._execute(migration, ctx.direction, tracker, then="; ".join(self._restore) or None)
@@ -243,7 +244,7 @@ class Executor:
         for n, migration in enumerate(migrations):
             if n:
                 parts.extend(self._reset)
-            parts.extend(self._begin[1:])
+            parts.extend(self._locals)
             if not flush:
                 parts.append("SET LOCAL synchronous_commit = off")
             if len(migrations) > 1:
@@ -274,12 +275,11 @@ class Executor:
 
         All or nothing: on any failure the transaction is rolled back and :class:`BatchFailed`
         raised, so the caller applies them one by one (and gets that path's errors and retries).
-        Meant for a fresh database (history.is_fresh), where no other session can be waiting
+        Meant for a fresh database (nothing applied, history.is_empty), where no other session can be waiting
         for the locks the batch holds until its COMMIT.
         """
         flush = self._flush_due()
         parts, _, _ = self._script(migrations, "apply", flush)
-        started = time.perf_counter()
         self.db.backend._in_transaction = True
         try:
             run_script(self.db.connection, parts)
@@ -298,8 +298,7 @@ class Executor:
         durations = dict(self.db.connection.execute(
             f"SELECT migration_id, duration_ms FROM {self.db.qualify(history.HISTORY)} WHERE migration_id = ANY(%s)",
             ([m.id for m in migrations],)).fetchall())
-        elapsed = time.perf_counter() - started
-        self._unconfirmed.extend((m, durations.get(m.id, elapsed * 1000 / len(migrations)) / 1000) for m in migrations)
+        self._unconfirmed.extend((m, durations[m.id] / 1000) for m in migrations)
         return self._confirm() if flush else []
 
     def _non_transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> bool:

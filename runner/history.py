@@ -67,17 +67,15 @@ def ensure_tables(db: Database) -> None:
             internalmigrations.upgrade(db.backend)
 
 
-def is_fresh(db: Database) -> bool:
-    """PostgreSQL: no migration applied and no table, view or sequence in any schema but the
-    runner's own tables: nothing there for another session to be using yet."""
-    if read_applied(db):
-        return False
-    ours = [HISTORY, LOG, YOYO_MIGRATION, YOYO_LOG, "_yoyo_version", "yoyo_lock", "_migrate_snapshot"]
+def is_empty(db: Database) -> bool:
+    """PostgreSQL: no table, view or sequence in any schema but the runner's own tables. With no
+    migration applied, that is a fresh database: nothing there for another session to be using yet."""
+    ours = [HISTORY, LOG, f"{LOG}_id_seq", YOYO_MIGRATION, YOYO_LOG, "_yoyo_version", "yoyo_lock", "_migrate_snapshot"]
     row = db.connection.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname <> 'information_schema' "
         "AND n.nspname !~ '^pg_' AND NOT (n.nspname = current_schema() AND c.relname = ANY(%s)))",
-        (ours + [f"{name}_id_seq" for name in (LOG,)],)).fetchone()
+        (ours,)).fetchone()
     return not row[0]
 
 
