@@ -1,6 +1,6 @@
 """Benchmark `migrate` against yoyo's own CLI and plain `psql -f` (one command, prints a table).
 
-    .venv/bin/python bench/bench_runner.py [--count 1000] [--rounds 3] [--noop-runs 5] [--cold-runs 10]
+    .venv/bin/python bench/bench_runner.py [--count 1000] [--rounds 3] [--noop-runs 9] [--cold-runs 10]
 
 What it measures, on the same PostgreSQL, in one run (every figure is the wall time of a
 fresh CLI process, as a deploy pipeline would see it):
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="migrations to apply (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="fresh-database apply runs per tool (default 3)")
-    parser.add_argument("--noop-runs", type=int, default=5, help="no-op up / status runs per tool (default 5)")
+    parser.add_argument("--noop-runs", type=int, default=9, help="no-op up / status runs per tool (default 9)")
     parser.add_argument("--cold-runs", type=int, default=10, help="cold-start runs (default 10)")
     parser.add_argument("--url", default=os.environ.get("MIGRATE_BENCH_DATABASE_URL", DEFAULT_URL),
                         help="admin URL with CREATEDB rights (env MIGRATE_BENCH_DATABASE_URL)")

@@ -1,16 +1,16 @@
 """Connections: the one place that knows how to reach each database.
 
-A :class:`Database` wraps a yoyo backend (which owns the DB-API connection and
-its transaction/savepoint bookkeeping) and adds what the runner needs: the
-dialect, the schema of the runner's own tables, and one-line errors with the
-password redacted.
+A :class:`Database` is the DB-API connection the runner opens (as yoyo's
+backends would open it), with what the runner needs: the dialect, the schema of
+the runner's own tables, the session settings, one-line errors with the password
+redacted, and a yoyo backend around the same connection, made when first used.
 """
 
 from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from runner.errors import DatabaseUnreachable
@@ -24,29 +24,42 @@ MIGRATION_TABLE = "_yoyo_migration"
 
 @dataclass
 class Database:
-    """An open connection. ``backend`` is the yoyo backend that owns it."""
+    """An open connection (autocommit DB-API connection, psycopg 3 or sqlite3).
 
-    backend: Any
+    ``backend`` is a yoyo backend around that same connection, made on first use: yoyo's
+    transaction and savepoint bookkeeping, its parameter style and its internal tables. A
+    command that needs none of them (a no-op ``up``, ``status``) never imports yoyo.
+    """
+
+    connection: Any
     dialect: str
     schema: str | None
-    url: str  # redacted
+    address: DatabaseURL
     # Session settings the runner relies on; re-applied after every session reset.
     session_sql: str | None = None
+    _backend: Any = field(default=None, repr=False)
 
     @property
-    def connection(self) -> Any:
-        return self.backend.connection
+    def url(self) -> str:
+        """The URL, redacted."""
+        return self.address.redacted
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            self._backend = _adopt(self)
+        return self._backend
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        """Execute with yoyo's ``:name`` parameter style; returns the cursor."""
+        """Execute one statement; ``params`` in yoyo's ``:name`` style. Returns the cursor."""
+        if params is None:
+            return self.connection.execute(sql)
         return self.backend.execute(sql, params)
 
     def qualify(self, table: str) -> str:
         """``table`` quoted and qualified with the runner's schema (if any)."""
-        quoted = self.backend.quote_identifier(table)
-        if self.schema:
-            return f"{self.backend.quote_identifier(self.schema)}.{quoted}"
-        return quoted
+        quoted = _quote(table)
+        return f"{_quote(self.schema)}.{quoted}" if self.schema else quoted
 
     def close(self) -> None:
         try:
@@ -59,6 +72,34 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _quote(identifier: str) -> str:
+    """An identifier in double quotes (yoyo's ``quote_identifier``: both dialects quote alike)."""
+    if "\x00" in identifier:
+        raise ValueError("identifier contains a NUL character")
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _adopt(db: Database) -> Any:
+    """A yoyo backend that uses ``db``'s connection instead of opening its own."""
+    from yoyo.connections import parse_uri
+
+    if db.dialect == "postgresql":
+        from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend as backend_class
+    else:
+        from yoyo.backends.core.sqlite3 import SQLiteBackend as backend_class
+
+    class Adopted(backend_class):  # type: ignore[misc, valid-type]
+        def connect(self, dburi: Any) -> Any:
+            # No ``schema`` set here: yoyo would re-run its unquoted SET search_path after each
+            # rollback; the URL's search_path is in the session settings (``session_sql``) instead.
+            return db.connection
+
+        def copy(self) -> Any:  # yoyo's contract: an independent connection
+            return backend_class(self.uri, self.migration_table)
+
+    return Adopted(parse_uri(db.address.yoyo_url), MIGRATION_TABLE)
 
 
 def one_line(err: BaseException, url: str | None = None) -> str:
@@ -96,39 +137,57 @@ def is_connection_error(err: BaseException) -> bool:
 def connect(url: str | DatabaseURL) -> Database:
     """Open a connection; raises DatabaseUnreachable (exit 5) with a redacted message."""
     parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
-    from yoyo.connections import parse_uri
-
-    uri = parse_uri(parsed.yoyo_url)
     if parsed.dialect == "postgresql":
         import psycopg
-        from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend as backend_class
 
         errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     else:
         import sqlite3
-        from yoyo.backends.core.sqlite3 import SQLiteBackend as backend_class
 
         errors = (sqlite3.Error,)
     try:
-        backend = backend_class(uri, MIGRATION_TABLE)
-        schema = None
-        session_sql = None
         if parsed.dialect == "postgresql":
-            if backend.connection.info.server_version >= 140000:
-                # A runner killed mid-statement: without this the server keeps running
-                # the statement (holding the advisory lock) until it next talks to the client.
-                session_sql = "SET client_connection_check_interval = 1000"
-                backend.connection.execute(session_sql)
-            schema = backend.connection.execute("SELECT current_schema()").fetchone()[0]
-            if schema is None:
-                raise DatabaseUnreachable(
-                    f"cannot use {parsed.redacted}: search_path names no existing schema"
-                )
+            db = _connect_postgresql(parsed)
         else:
-            backend.connection.execute("PRAGMA busy_timeout = 30000")
+            # As yoyo's SQLite backend connects: one shared cache, declared types converted.
+            connection = sqlite3.connect(f"file:{parsed.sqlite_path}?cache=shared", uri=True,
+                                         detect_types=sqlite3.PARSE_DECLTYPES)
+            connection.isolation_level = None
+            connection.execute("PRAGMA busy_timeout = 30000")
+            db = Database(connection=connection, dialect="sqlite", schema=None, address=parsed)
     except errors as err:
         raise DatabaseUnreachable(f"cannot connect to {parsed.redacted}: {one_line(err, url if isinstance(url, str) else None)}") from None
-    return Database(backend=backend, dialect=parsed.dialect, schema=schema, url=parsed.redacted,
+    return db
+
+
+def _connect_postgresql(parsed: DatabaseURL) -> Database:
+    import psycopg
+
+    kwargs: dict[str, Any] = parsed.connect_args()
+    search_path = kwargs.pop("schema", None)  # yoyo's URL argument for the search_path
+    connection = psycopg.connect(**kwargs, autocommit=True)
+    try:
+        session = []
+        if connection.info.server_version >= 140000:
+            # A runner killed mid-statement: without this the server keeps running
+            # the statement (holding the advisory lock) until it next talks to the client.
+            session.append("SET client_connection_check_interval = 1000")
+        if search_path:  # the URL's schema= argument: a search_path value, as yoyo takes it
+            from psycopg import sql
+
+            session.append(sql.SQL("SELECT set_config('search_path', {}, false)").format(
+                sql.Literal(search_path)).as_string(connection))
+        session_sql = ";".join(session) or None
+        if session_sql:
+            connection.execute(session_sql)
+        schema = connection.execute("SELECT current_schema()").fetchone()[0]
+    except BaseException:
+        connection.close()
+        raise
+    if schema is None:
+        connection.close()
+        raise DatabaseUnreachable(f"cannot use {parsed.redacted}: search_path names no existing schema")
+    return Database(connection=connection, dialect="postgresql", schema=schema, address=parsed,
                     session_sql=session_sql)
 
 

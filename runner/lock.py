@@ -58,7 +58,7 @@ class LockHolder:
 def holder(db: Database) -> LockHolder | None:
     """Who else holds the runner's lock, or None."""
     if db.dialect != "postgresql":
-        return _file_holder(db.backend.uri.database + ".lock")
+        return _file_holder(f"{db.address.sqlite_path}.lock")
     classid, objid = lock_key(db)
     row = db.execute(
         "SELECT a.pid, a.usename, a.application_name, host(a.client_addr), a.backend_start, a.state, "
@@ -123,17 +123,17 @@ def _poll(try_once, wait: timedelta, describe) -> None:
 @contextmanager
 def _advisory_lock(db: Database, wait: timedelta) -> Iterator[None]:
     classid, objid = lock_key(db)
-    params = {"c": classid, "o": objid}
+    params = (classid, objid)
 
     def try_once() -> bool:
-        return bool(db.execute("SELECT pg_try_advisory_lock(:c, :o)", params).fetchone()[0])
+        return bool(db.connection.execute("SELECT pg_try_advisory_lock(%s, %s)", params).fetchone()[0])
 
     _poll(try_once, wait, lambda: describe_holder(holder(db)))
     try:
         yield
     finally:
         try:
-            db.execute("SELECT pg_advisory_unlock(:c, :o)", params)
+            db.connection.execute("SELECT pg_advisory_unlock(%s, %s)", params)
         except Exception:  # noqa: BLE001 - a dead session has released it already
             pass
 
@@ -142,7 +142,7 @@ def _advisory_lock(db: Database, wait: timedelta) -> Iterator[None]:
 def _file_lock(db: Database, wait: timedelta) -> Iterator[None]:
     import fcntl
 
-    path = db.backend.uri.database + ".lock"
+    path = f"{db.address.sqlite_path}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def try_once() -> bool:

@@ -21,6 +21,7 @@ from runner.migration import Directive, MigrationFile
 from runner.sqlfile import header_directives, split_statements
 
 _VERSION = re.compile(r"^(\d+)")
+_CHUNK = 1 << 20
 _TRUE = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -62,11 +63,15 @@ def _migration_paths(folder: Path) -> tuple[list[str], set[str]]:
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    """``path.read_bytes()`` without the buffered file object (half the cost for small files)."""
+    """``path.read_bytes()`` without the buffered file object (half the cost for small files).
+
+    Read until an empty read, in 1 MiB requests: for a thousand small files this measured faster
+    than one read of the file's size (an extra fstat) and five times faster than stopping at the
+    first short read."""
     fd = os.open(path, os.O_RDONLY)
     try:
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := os.read(fd, _CHUNK):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
@@ -124,8 +129,8 @@ def read_migration(path: str | Path, has_rollback_file: bool | None = None) -> M
         migration.transactional = goose.transactional
     else:
         migration.up = split_statements(text)
-        rollback = os.path.join(os.path.dirname(path), stem + ".rollback.sql")
-        if os.path.isfile(rollback) if has_rollback_file is None else has_rollback_file:
+        rollback = path[:-len(name)] + stem + ".rollback.sql"
+        if has_rollback_file or (has_rollback_file is None and os.path.isfile(rollback)):
             migration.down = split_statements(read_text(rollback))
     _apply_directives(migration)
     return migration

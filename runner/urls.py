@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from runner.errors import ConfigError
 
@@ -20,6 +21,22 @@ class DatabaseURL:
     yoyo_url: str
     redacted: str
     sqlite_path: str | None = None
+
+    def connect_args(self) -> dict[str, Any]:
+        """PostgreSQL: the keyword arguments for ``psycopg.connect``, as yoyo's backend builds them
+        (query arguments, then user, password, port and host from the URL), percent-decoded as
+        libpq decodes a URL."""
+        parts = urlsplit(self.yoyo_url)
+        args: dict[str, Any] = {"dbname": unquote(parts.path[1:]) or None, **dict(parse_qsl(parts.query))}
+        if parts.username is not None:
+            args["user"] = unquote(parts.username)
+        if parts.password is not None:
+            args["password"] = unquote(parts.password)
+        if parts.port is not None:
+            args["port"] = parts.port
+        if parts.hostname is not None:
+            args["host"] = parts.hostname
+        return args
 
 
 def redact(url: str) -> str:

@@ -67,6 +67,29 @@ def test_urls_users_paste() -> None:
     assert redact("postgresql://user:s3cr3t@host/db?password=other") == "postgresql://user:***@host/db?password=***"
 
 
+def test_connect_arguments_from_the_url() -> None:
+    args = parse_url("postgres://app%40corp:p%2Fw%3F@db.example:6543/cat%20alog?sslmode=require&connect_timeout=3"
+                     ).connect_args()
+    assert args == {"dbname": "cat alog", "user": "app@corp", "password": "p/w?", "host": "db.example", "port": 6543,
+                    "sslmode": "require", "connect_timeout": "3", "application_name": "migrate"}
+    # A socket directory given as a query argument, no host in the URL.
+    args = parse_url("postgresql:///catalog?host=/var/run/postgresql").connect_args()
+    assert args["host"] == "/var/run/postgresql" and args["dbname"] == "catalog" and "user" not in args
+
+
+def test_url_schema_argument_holds_for_every_migration(pg_url: str, pg_conn, tmp_path: Path) -> None:
+    """yoyo's ``?schema=`` URL argument sets the search_path; the session reset between
+    migrations must not drop it (the second migration would land in public)."""
+    pg_conn.execute('CREATE SCHEMA "app space"')
+    folder = write_migrations(tmp_path / "m", {f"00{i}_t{i}.sql": f"CREATE TABLE t{i} (id int);" for i in (1, 2, 3)})
+    url = pg_url + "?schema=%22app%20space%22"
+    result = run_migrate("up", "--database", url, "--migrations", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert tables(pg_url, "app space") >= {"t1", "t2", "t3", "_migrate_history"}
+    assert not tables(pg_url) & {"t1", "t2", "t3"}
+    assert run_migrate("verify", "--database", url, "--migrations", str(folder)).returncode == 0
+
+
 def test_bad_input_one_line_errors_and_no_password(pg_url: str, tmp_path: Path, make_role) -> None:
     secret = "Very$ecret-Pw"
     role = make_role(password=secret)
