@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from runner import history, lockwaits
+from runner import history, lockwaits, pysteps
 from runner.config import Settings
 from runner.db import Database, ScriptFailed, is_connection_error, one_line, run_script, server_message
 from runner.errors import DatabaseUnreachable, LockTimeout, MigrateError, MigrationFailed
@@ -172,7 +172,7 @@ class Executor:
                         f"{self.settings.lock_timeout.total_seconds():g}s after {attempt} attempt(s); "
                         f"rolled back. Blocking: {who}"
                     ) from None
-                raise MigrationFailed(self._failure(migration, tracker, err)) from None
+                raise MigrationFailed(self._failure(migration, tracker, err, direction)) from None
         raise AssertionError("unreachable")
 
     def _transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> bool:
@@ -381,10 +381,13 @@ class Executor:
             return f"{migration.path}:{tracker.current.line}"
         return migration.path
 
-    def _failure(self, migration: MigrationFile, tracker: _Tracker, err: BaseException) -> str:
+    def _failure(self, migration: MigrationFile, tracker: _Tracker, err: BaseException, direction: str) -> str:
         where = self._where(migration, tracker)
         statement = ""
-        if tracker.current is not None:
+        if migration.format == "python":
+            line, statement = pysteps.failure(migration, direction, err)
+            where = f"{migration.path}:{line}" if line else migration.path
+        elif tracker.current is not None:
             first = " ".join(tracker.current.sql.split())
             statement = f" in statement `{first[:120]}{'...' if len(first) > 120 else ''}`"
         done = "rolled back" if migration.transactional else "statements before it stay applied (non-transactional)"

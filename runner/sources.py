@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import types
 from pathlib import Path
 
 from runner.errors import ConfigError, MigrationFileError
+from runner import pysteps
 from runner.goose import is_goose, parse_goose
-from runner.migration import Directive, MigrationFile
+from runner.migration import MigrationFile
 from runner.sqlfile import header_directives, split_statements
 
 _VERSION = re.compile(r"^(\d+)")
@@ -119,7 +119,7 @@ def read_migration(path: str | Path, has_rollback_file: bool | None = None) -> M
         version_label=match.group(1) if match else None,
     )
     if suffix == "py":
-        _load_python(migration, text)
+        pysteps.load(migration, text)
         return migration
     migration.directives = header_directives(text)
     if is_goose(text):
@@ -147,39 +147,6 @@ def _apply_directives(migration: MigrationFile) -> None:
             migration.transactional = migration.transactional and value
         elif directive.name == "depends":
             migration.depends += tuple(directive.value.split())
-
-
-def _load_python(migration: MigrationFile, text: str) -> None:
-    """Run a yoyo Python migration module to collect its steps."""
-    from yoyo.migrations import StepCollector
-
-    collector = StepCollector(migration=None)
-    module = types.ModuleType(migration.id)
-    module.__file__ = migration.path
-    module.step = collector.add_step  # type: ignore[attr-defined]
-    module.group = collector.add_step_group  # type: ignore[attr-defined]
-    module.transaction = collector.add_step_group  # type: ignore[attr-defined]
-    module.__yoyo_collector__ = collector  # type: ignore[attr-defined]
-    module.__directives__ = []  # type: ignore[attr-defined]
-    try:
-        exec(compile(text, migration.path, "exec"), module.__dict__)  # noqa: S102 - migrations are code
-    except SyntaxError as err:
-        raise MigrationFileError(migration.path, f"syntax error: {err.msg}", err.lineno) from None
-    except Exception as err:  # noqa: BLE001 - any import-time failure is a bad file
-        line = None
-        tb = err.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == migration.path:
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        raise MigrationFileError(migration.path, f"failed to load: {type(err).__name__}: {err}", line) from None
-    migration.transactional = bool(getattr(module, "__transactional__", True))
-    depends = getattr(module, "__depends__", ())
-    migration.depends = (depends,) if isinstance(depends, str) else tuple(depends)
-    migration.directives = [Directive(str(n), str(v), 0) for n, v in module.__directives__]
-    migration.python_steps = collector.create_steps(migration.transactional)
-    if not migration.python_steps:
-        raise MigrationFileError(migration.path, "Python migration defines no step()")
 
 
 def _check_unique(migrations: list[MigrationFile]) -> None:

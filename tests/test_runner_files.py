@@ -115,3 +115,46 @@ def test_directives_collected_from_header_only(tmp_path: Path) -> None:
     migration = read_migration(folder / "1_x.sql")
     assert [(d.name, d.line) for d in migration.directives] == [("compat", 1), ("depends", 2)]
     assert migration.depends == ("0_base",)
+
+
+PY_STRING_STEPS = """from yoyo import group, step
+
+step("CREATE TABLE a (id int)", "DROP TABLE a")
+group(
+    step("CREATE TABLE b (id int)",
+         "DROP TABLE nope_b"),
+    step("INSERT INTO nope VALUES (1)"),
+)
+"""
+PY_FUNCTION_STEP = """
+def fill(conn):
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE c (id int)")
+    cur.execute("INSERT INTO missing VALUES (1)")
+
+
+step(fill)
+"""
+
+
+@pytest.mark.parametrize("source, expected", [
+    (PY_STRING_STEPS, ":7: migration 1_steps failed in step `INSERT INTO nope VALUES (1)`: relation \"nope\""),
+    (PY_FUNCTION_STEP, ":5: migration 1_steps failed in step fill(): relation \"missing\""),
+])
+def test_failing_python_step_names_its_line_and_step(pg_url: str, tmp_path: Path, source: str, expected: str) -> None:
+    folder = write_migrations(tmp_path / "m", {"1_steps.py": source})
+    result = run_migrate("up", "--database", pg_url, "--migrations", str(folder))
+    assert result.returncode == 4 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"1_steps.py{expected}" in last and last.endswith("rolled back"), last
+    assert tables(pg_url) & {"a", "b", "c"} == set() and history(pg_url) == []
+
+
+def test_failing_python_rollback_step_names_its_line(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {"1_steps.py": PY_STRING_STEPS.replace('step("INSERT INTO nope VALUES (1)")', 'step("SELECT 1")')})
+    assert run_migrate("up", "--database", pg_url, "--migrations", str(folder)).returncode == 0
+    result = run_migrate("down", "--database", pg_url, "--migrations", str(folder))
+    assert result.returncode == 4 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "1_steps.py:5: migration 1_steps failed in step `DROP TABLE nope_b`" in last, last
+    assert {"a", "b"} <= tables(pg_url) and history(pg_url) == ["1_steps"]
