@@ -1,17 +1,18 @@
-"""``migrate adopt goose|golang-migrate|alembic``: take over a database from another tool.
+"""``migrate adopt yoyo|goose|golang-migrate|alembic``: take over a database from another tool.
 
-The other tool's history is read and mapped onto the migration files by
-numeric version; the matching migrations are recorded as applied, with their
+The other tool's history is read and mapped onto the migration files (by
+migration id for yoyo, by numeric version for the others); the matching
+migrations are recorded as applied, with their
 checksums, WITHOUT running them. Dry run by default (the mapping is printed);
 ``--yes`` applies it, in one transaction, under the runner's lock, and stores
 a schema snapshot as the baseline for ``migrate doctor``.
 
 Refusals (exit 1), each saying what to check:
-- the history names a version that has no file (the files are not the ones
-  this database was built from, or a file was deleted);
-- a gap: a file whose version is below the newest applied version but which
-  the history does not list as applied (``migrate up`` would run it out of
-  order, possibly a second time); ``--allow-gaps`` leaves such files pending;
+- the history names a version (or id) that has no file (the files are not the
+  ones this database was built from, or a file was deleted);
+- a gap: a file that comes before the newest applied one but which the history
+  does not list as applied (``migrate up`` would run it out of order, possibly a
+  second time); ``--allow-gaps`` leaves such files pending;
 - golang-migrate's ``dirty`` flag (a migration failed half-way).
 
 Migrations the runner already records are left as they are (listed as
@@ -33,8 +34,9 @@ from runner.migration import MigrationFile
 
 log = get_logger("migrate.adopt")
 
-TOOLS = ("goose", "golang-migrate", "alembic")
-DEFAULT_TABLES = {"goose": "goose_db_version", "golang-migrate": "schema_migrations", "alembic": "alembic_version"}
+TOOLS = ("yoyo", "goose", "golang-migrate", "alembic")
+DEFAULT_TABLES = {"yoyo": "_yoyo_migration", "goose": "goose_db_version", "golang-migrate": "schema_migrations",
+                  "alembic": "alembic_version"}
 
 
 class AdoptRefused(MigrateError):
@@ -47,6 +49,7 @@ class AdoptRefused(MigrateError):
 class ForeignHistory:
     """What another tool says is applied.
 
+    ``ids``: applied migration ids (yoyo, whose ids are the file names);
     ``versions``: applied numeric versions (goose); ``upto``: every file up to
     this version is applied (golang-migrate, numeric alembic); ``revision``:
     an alembic revision id matched against file names.
@@ -54,11 +57,12 @@ class ForeignHistory:
 
     tool: str
     table: str
+    ids: list[str] | None = None
     versions: list[int] = field(default_factory=list)
     upto: int | None = None
     revision: str | None = None
     dirty: bool = False
-    detail: dict[int, str] = field(default_factory=dict)  # version -> where it came from
+    detail: dict[int | str, str] = field(default_factory=dict)  # version (id for yoyo) -> where it came from
 
 
 @dataclass
@@ -129,6 +133,23 @@ def _require(db: Any, tool: str, table: str, needed: Sequence[str]) -> list[str]
     return columns
 
 
+def read_yoyo(db: Any, table: str = "_yoyo_migration") -> ForeignHistory:
+    """Every row of yoyo's ``_yoyo_migration`` (schema version 2, yoyo 6 and later), in the order applied."""
+    columns = _table_columns(db, table)
+    if columns is not None and "migration_id" not in columns and "id" in columns:
+        raise UsageError(f"adopt yoyo: {table} is in yoyo's old layout (before yoyo 6): run any yoyo command against "
+                         "this database once (`yoyo list` upgrades yoyo's tables), then adopt")
+    _require(db, "yoyo", table, ("migration_hash", "migration_id", "applied_at_utc"))
+    rows = db.execute(
+        f"SELECT migration_id, applied_at_utc FROM {db.qualify(table)} ORDER BY applied_at_utc, migration_id"
+    ).fetchall()
+    history = ForeignHistory("yoyo", table, ids=[])
+    for migration_id, applied_at in rows:
+        history.ids.append(migration_id)  # type: ignore[union-attr]
+        history.detail[migration_id] = f"yoyo, applied {str(applied_at)[:16]}"
+    return history
+
+
 def read_goose(db: Any, table: str = "goose_db_version") -> ForeignHistory:
     """Latest row per version_id; applied when that row has is_applied (version 0 is goose's own)."""
     _require(db, "goose", table, ("id", "version_id", "is_applied"))
@@ -178,7 +199,7 @@ def read_alembic(db: Any, table: str = "alembic_version") -> ForeignHistory:
     return history
 
 
-READERS = {"goose": read_goose, "golang-migrate": read_golang_migrate, "alembic": read_alembic}
+READERS = {"yoyo": read_yoyo, "goose": read_goose, "golang-migrate": read_golang_migrate, "alembic": read_alembic}
 
 
 # --------------------------------------------------------------------------- mapping
@@ -194,6 +215,8 @@ def plan_adoption(history: ForeignHistory, migrations: Sequence[MigrationFile], 
             f"the flag (`migrate force {history.upto}` with golang-migrate's CLI, or "
             f"UPDATE {table} SET dirty = false) and run adopt again")
     by_version = {m.version: m for m in migrations if m.version is not None}
+    if history.ids is not None:
+        return _plan(history, migrations, recorded, allow_gaps, _ids_with_files(history, migrations))
     applied_versions: list[int]
     if history.revision is not None:
         match = [m for m in migrations if history.revision in m.id]
@@ -230,30 +253,50 @@ def plan_adoption(history: ForeignHistory, migrations: Sequence[MigrationFile], 
             f"adopt {tool}: {table} records version(s) {', '.join(map(str, no_file))} as applied, but no "
             f"migration file has {'that version' if len(no_file) == 1 else 'those versions'} "
             f"(files: {_versions_text(by_version)}): restore the missing file(s) before adopting")
-    applied_set = set(applied_versions)
-    newest = max(applied_versions, default=None)
+    return _plan(history, migrations, recorded, allow_gaps, {by_version[v].id for v in applied_versions})
+
+
+def _ids_with_files(history: ForeignHistory, migrations: Sequence[MigrationFile]) -> set[str]:
+    on_disk = {m.id for m in migrations}
+    no_file = [i for i in history.ids or () if i not in on_disk]
+    if no_file:
+        raise AdoptRefused(
+            f"adopt {history.tool}: {history.table} records {', '.join(no_file)} as applied, but the migrations "
+            f"folder has no file with {'that id' if len(no_file) == 1 else 'those ids'}: restore the missing "
+            "file(s) before adopting (these may not be the files this database was built from)")
+    return set(history.ids or ())
+
+
+def _plan(history: ForeignHistory, migrations: Sequence[MigrationFile], recorded: Sequence[str], allow_gaps: bool,
+          applied: set[str]) -> AdoptionPlan:
+    """The plan once the applied migrations are known: record them, unless a gap says otherwise."""
+    tool, table = history.tool, history.table
+    newest = max((i for i, m in enumerate(migrations) if m.id in applied), default=None)
     recorded_set = set(recorded)
     plan = AdoptionPlan(tool, table)
     gaps: list[MigrationFile] = []
-    for m in migrations:
-        if m.version is not None and m.version in applied_set:
+    for i, m in enumerate(migrations):
+        if m.id in applied:
             if m.id in recorded_set:
                 plan.already_recorded.append(m.id)
             else:
+                key = m.id if history.ids is not None else m.version
                 plan.entries.append(AdoptEntry(m.version, m.id, m.path, m.checksum,
-                                               history.detail.get(m.version, f"version {m.version}")))
+                                               history.detail.get(key, f"version {m.version}")))  # type: ignore[arg-type]
         elif m.id in recorded_set:
             plan.already_recorded.append(m.id)  # applied by the runner (after an earlier adoption, or marked)
-        elif newest is not None and m.version is not None and m.version < newest:
+        elif newest is not None and i < newest:
             gaps.append(m)
         else:
             plan.stays_pending.append(m.id)
     if gaps:
         names = ", ".join(m.id for m in gaps)
+        last = migrations[newest]  # type: ignore[index]
+        label = last.id if history.ids is not None else f"version {last.version}"
         if not allow_gaps:
             raise AdoptRefused(
                 f"adopt {tool}: {table} has a gap: {names} {'is' if len(gaps) == 1 else 'are'} not applied but "
-                f"version {newest} is. Adopting would leave {'it' if len(gaps) == 1 else 'them'} pending and "
+                f"{label} is. Adopting would leave {'it' if len(gaps) == 1 else 'them'} pending and "
                 "`migrate up` would run it after newer migrations (or a second time, if it was applied outside "
                 f"{tool}). Check the schema: if the changes are there, record them too with "
                 f"`migrate mark {' '.join(m.id for m in gaps)}` after adopting with --allow-gaps; if not, "

@@ -50,14 +50,14 @@ def snapshot(inv: Any) -> int:
 
 # --------------------------------------------------------------------------- adopt
 @click.command()
-@click.argument("tool", type=click.Choice(["goose", "golang-migrate", "alembic"]))
+@click.argument("tool", type=click.Choice(["yoyo", "goose", "golang-migrate", "alembic"]))
 @click.option("--yes", is_flag=True, help="Record the mapping (default: dry run, print it).")
 @click.option("--table", metavar="NAME", help="The other tool's history table, if not its default name.")
 @click.option("--allow-gaps", is_flag=True,
-              help="Adopt even if the history skips versions below its newest (they stay pending).")
+              help="Adopt even if the history skips migrations before its newest (they stay pending).")
 @click.pass_obj
 def adopt(inv: Any, tool: str, yes: bool, table: str | None, allow_gaps: bool) -> int:
-    """Take over a database migrated by goose, golang-migrate or Alembic, without running anything."""
+    """Take over a database migrated by yoyo, goose, golang-migrate or Alembic, without running anything."""
     from runner.adopt import adopt as run_adopt
 
     plan = run_adopt(inv.settings, tool, apply=yes, table=table, allow_gaps=allow_gaps)

@@ -111,6 +111,26 @@ def _refuse_drift(state: Status) -> None:
         raise DriftError(lines[0] + more)
 
 
+def _work(db: Database, files: list[MigrationFile], to: str | None) -> tuple[Status, list[MigrationFile]]:
+    """The state and what `up` is to apply; refuses drift, and migrations yoyo's own CLI applied."""
+    state = compute(files, history.read_applied(db))
+    _refuse_drift(state)
+    todo = _select_up_to(files, state.pending, to)
+    _refuse_yoyo_applied(db, todo)
+    return state, todo
+
+
+def _refuse_yoyo_applied(db: Database, todo: list[MigrationFile]) -> None:
+    """A pending migration that yoyo's own CLI applied would run a second time."""
+    done = history.applied_by_yoyo(db, [m.id for m in todo])
+    if done:
+        more = f" (and {len(done) - 1} more)" if len(done) > 1 else ""
+        raise DriftError(
+            f"{done[0]}{more}: applied by yoyo's own CLI (listed in _yoyo_migration) but not recorded by the runner; "
+            "`migrate up` would run it again: take the history over with `migrate adopt yoyo --yes` "
+            "(or `migrate mark ID...`), then run `migrate up`")
+
+
 def _select_up_to(files: list[MigrationFile], pending: list[str], to: str | None) -> list[MigrationFile]:
     by_id = {m.id: m for m in files}
     if to is not None and to not in by_id:
@@ -141,21 +161,16 @@ def up(
     result = UpResult(dry_run=dry_run)
     with _open(settings) as db:
         if dry_run:
-            state = compute(files, history.read_applied(db))
-            _refuse_drift(state)
+            state, todo = _work(db, files, to)
             result.pending_before = list(state.pending)
-            result.plan = [
-                PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up]) for m in _select_up_to(files, state.pending, to)
-            ]
+            result.plan = [PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up]) for m in todo]
             result.duration_s = time.perf_counter() - started
             return result
         with runner_lock(db, settings.lock_wait):
-            history.ensure_tables(db)
-            state = compute(files, history.read_applied(db))
-            _refuse_drift(state)
+            state, todo = _work(db, files, to)
             result.pending_before = list(state.pending)
-            todo = _select_up_to(files, state.pending, to)
-            if todo:  # a no-op `up` needs neither the executor nor the hooks (nor their imports)
+            if todo:  # a no-op `up` needs neither the tables, the executor nor the hooks (nor their imports)
+                history.ensure_tables(db)
                 run_hooks = default_hooks(settings, compat, todo[-1].id) if hooks is None else hooks
                 executor = Executor(db, settings, list(run_hooks))
             previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}

@@ -34,7 +34,7 @@ OTHER_TOOLS = {
     "goose_db_version": ("goose", "migrate adopt goose"),
     "schema_migrations": ("golang-migrate (or Rails)", "migrate adopt golang-migrate"),
     "alembic_version": ("Alembic", "migrate adopt alembic"),
-    "_yoyo_migration": ("yoyo's own CLI", "migrate mark ID... (the ids yoyo applied, see `yoyo list`)"),
+    "_yoyo_migration": ("yoyo's own CLI", "migrate adopt yoyo"),
     "flyway_schema_history": ("Flyway", "migrate mark ID... (the versions Flyway applied)"),
 }
 

@@ -90,6 +90,15 @@ def read_applied(db: Database) -> list[AppliedMigration]:
     return [AppliedMigration(r[0], r[1], _as_datetime(r[2]), r[3]) for r in rows]
 
 
+def applied_by_yoyo(db: Database, ids: list[str]) -> list[str]:
+    """Those of ``ids`` that ``_yoyo_migration`` lists but the runner does not: applied (or marked)
+    by yoyo's own CLI, as the runner writes both tables in one transaction."""
+    if not ids or not table_exists(db, YOYO_MIGRATION):
+        return []
+    found = {r[0] for r in db.execute(f"SELECT migration_id FROM {db.qualify(YOYO_MIGRATION)}").fetchall()}
+    return [i for i in ids if i in found]
+
+
 def _as_datetime(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -1,9 +1,13 @@
-"""`migrate adopt goose|golang-migrate|alembic` against real PostgreSQL."""
+"""`migrate adopt yoyo|goose|golang-migrate|alembic` against real PostgreSQL."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
@@ -184,3 +188,67 @@ def test_plan_keeps_what_the_runner_already_recorded(example_migrations):
         assert "has a gap: 001_create_remediation_workflow_catalog is not applied but version 17 is" in str(err)
     else:
         raise AssertionError("expected a refusal")
+
+
+def yoyo_apply(url: str, folder: Path) -> None:
+    """yoyo's own CLI (installed beside this interpreter) applies ``folder``."""
+    yoyo = Path(sys.executable).parent / "yoyo"
+    done = subprocess.run([str(yoyo), "apply", "--batch", "--no-config-file", "--database",
+                           url.replace("postgresql://", "postgresql+psycopg://", 1), str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_yoyo_database_up_refuses_to_rerun_then_adopt_yoyo_and_up_applies_only_018(pg_url, example_migrations,
+                                                                                    tmp_path):
+    first_two = tmp_path / "yoyo-era"
+    first_two.mkdir()
+    for m in load_migrations(example_migrations)[:2]:
+        shutil.copy(m.path, first_two)
+    yoyo_apply(pg_url, first_two)  # 001 and 017, by plain yoyo
+
+    never = migrate("doctor", *args(pg_url, example_migrations))
+    assert never.returncode == 1 and "migrate adopt yoyo" in never.stdout
+    for command in (("up",), ("up", "--dry-run")):
+        refused = migrate(*command, *args(pg_url, example_migrations))
+        assert refused.returncode == 1, refused
+        assert refused.stderr.strip().endswith("then run `migrate up`") and "Traceback" not in refused.stderr
+        assert ("001_create_remediation_workflow_catalog (and 1 more): applied by yoyo's own CLI"
+                in refused.stderr), refused.stderr
+    assert sql(pg_url, "SELECT to_regclass('public._migrate_history') IS NULL")[0][0]  # nothing written
+
+    dry = migrate("adopt", "yoyo", *args(pg_url, example_migrations))
+    assert dry.returncode == 0, dry
+    assert "_yoyo_migration (yoyo) -> migrations: dry run" in dry.stdout
+    assert "-> 017_add_execution_bundle" in dry.stdout and "yoyo, applied 20" in dry.stdout
+    assert "stays pending (`migrate up` applies it): 018_rename_execution_bundle_to_container_image" in dry.stdout
+
+    done = migrate("adopt", "yoyo", "--yes", "--format", "json", *args(pg_url, example_migrations))
+    assert done.returncode == 0, done
+    assert [e["migration_id"] for e in done.json()["entries"]] == ["001_create_remediation_workflow_catalog",
+                                                                   "017_add_execution_bundle"]
+    up = migrate("up", "--format", "json", *args(pg_url, example_migrations))
+    assert up.returncode == 0, up
+    assert up.json()["applied"] == ["018_rename_execution_bundle_to_container_image"]
+    assert "container_image" in columns(pg_url, "remediation_workflow_catalog")
+    again = migrate("adopt", "yoyo", "--format", "json", *args(pg_url, example_migrations))
+    assert again.returncode == 0 and again.json()["entries"] == [] and len(again.json()["already_recorded"]) == 3
+
+
+def test_yoyo_history_by_id_gaps_and_unknown_ids(example_migrations):
+    files = load_migrations(example_migrations)
+    ids = [m.id for m in files]
+    plan = plan_adoption(ForeignHistory("yoyo", "_yoyo_migration", ids=ids[:1]), files, recorded=[])
+    assert [e.migration_id for e in plan.entries] == ids[:1] and plan.stays_pending == ids[1:]
+    with pytest.raises(AdoptRefused, match=f"has a gap: {ids[0]} is not applied but {ids[1]} is"):
+        plan_adoption(ForeignHistory("yoyo", "_yoyo_migration", ids=[ids[1]]), files, recorded=[])  # yoyo skips freely
+    plan = plan_adoption(ForeignHistory("yoyo", "_yoyo_migration", ids=[ids[1]]), files, recorded=[], allow_gaps=True)
+    assert plan.gaps == [ids[0]] and [e.migration_id for e in plan.entries] == [ids[1]]
+    with pytest.raises(AdoptRefused, match="records 005_gone as applied, but the migrations folder has no file with"):
+        plan_adoption(ForeignHistory("yoyo", "_yoyo_migration", ids=["005_gone"]), files, recorded=[])
+
+
+def test_adopt_yoyo_old_layout_is_a_usage_error(pg_url, example_migrations):
+    sql(pg_url, "CREATE TABLE _yoyo_migration (id varchar(255) PRIMARY KEY, ctime timestamp)")
+    old = migrate("adopt", "yoyo", *args(pg_url, example_migrations))
+    assert old.returncode == 2 and "yoyo's old layout" in old.stderr and "yoyo list" in old.stderr

@@ -191,7 +191,7 @@ def test_no_batches_once_the_database_is_not_fresh(pg_url: str, tmp_path: Path) 
     other = tmp_path / "other"
     with psycopg.connect(other_url := pg_url, autocommit=True) as conn:  # a table nobody recorded
         conn.execute("CREATE SCHEMA app; CREATE TABLE app.users (id int)")
-        conn.execute("DROP TABLE _migrate_history, _migrate_log, a, b, c, tail")
+        conn.execute("DROP TABLE _migrate_history, _migrate_log, a, b, c, tail; DELETE FROM _yoyo_migration")
     write_migrations(other, {"001_x.sql": "CREATE TABLE x (id int);", "002_y.sql": "CREATE TABLE y (id int);", **TAIL})
     result = _up(other_url, other)
     assert result.returncode == 0, result.stderr
