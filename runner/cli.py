@@ -139,19 +139,22 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
     result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
     if dry_run:
         data = {"dry_run": True, "pending_before": result.pending_before,
-                "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements}
-                         for p in result.plan]}
-        lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}\n"
+                "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements,
+                          "post_apply": p.post_apply} for p in result.plan]}
+        lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}"
+                 f"{' [post-apply hook]' if p.post_apply else ''}\n"
                  + "\n".join(s.rstrip().rstrip(";") + ";" for s in p.statements) for p in result.plan]
         inv.emit(data, "\n\n".join(lines) if lines else "nothing to apply: database is at head")
         return errors.OK
     data = {"applied": result.applied, "pending_before": result.pending_before,
-            "duration_s": round(result.duration_s, 3), "shims": result.shims}
+            "duration_s": round(result.duration_s, 3), "shims": result.shims, "post_apply": result.post_apply}
     if result.applied:
         shown = result.applied if len(result.applied) <= 10 else [*result.applied[:3], "...", *result.applied[-3:]]
         text = f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: " + ", ".join(shown)
     else:
         text = "nothing to apply: database is at head"
+    if result.post_apply:
+        text += "\nran post-apply hook(s): " + ", ".join(result.post_apply)
     for shim in result.shims:
         where = f" in schema {shim['schema']}" if shim.get("schema") else ""
         text += (f"\nactive shim {shim.get('name')}: {shim.get('table')}.{shim.get('old')} -> {shim.get('new')}"

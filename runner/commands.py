@@ -21,7 +21,7 @@ from runner.hooks import MigrationHook
 from runner.lock import runner_lock
 from runner.logs import get_logger
 from runner.migration import MigrationFile
-from runner.sources import load_migrations
+from runner.sources import load_folder, load_migrations
 from runner.status import Status, compute, drift_lines
 
 log = get_logger("migrate")
@@ -33,6 +33,7 @@ class PlanItem:
     path: str
     transactional: bool
     statements: list[str]
+    post_apply: bool = False  # a yoyo post-apply hook, run after the migrations
 
 
 @dataclass
@@ -43,6 +44,7 @@ class UpResult:
     dry_run: bool = False
     plan: list[PlanItem] = field(default_factory=list)
     shims: list[dict[str, Any]] = field(default_factory=list)
+    post_apply: list[str] = field(default_factory=list)  # post-apply hooks run (dry run: to run)
 
 
 @dataclass
@@ -157,13 +159,16 @@ def up(
     from runner.executor import BATCH_MAX, BatchFailed, Executor
 
     started = time.perf_counter()
-    files = load_migrations(settings.migrations)
+    files, post_apply = load_folder(settings.migrations)
     result = UpResult(dry_run=dry_run)
     with _open(settings) as db:
         if dry_run:
             state, todo = _work(db, files, to)
             result.pending_before = list(state.pending)
-            result.plan = [PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up]) for m in todo]
+            hooks_due = _post_apply_due(db, post_apply, todo)
+            result.plan = [PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up], post_apply=n >= len(todo))
+                           for n, m in enumerate(todo + hooks_due)]
+            result.post_apply = [m.id for m in hooks_due]
             result.duration_s = time.perf_counter() - started
             return result
         with runner_lock(db, settings.lock_wait):
@@ -219,9 +224,43 @@ def up(
                 i += len(batch)
             if todo:
                 report(executor.make_durable())
+            hooks_due = _post_apply_due(db, post_apply, todo)
+            if hooks_due:
+                applied = {a.id for a in state.applied} | set(result.applied)
+                result.post_apply = _run_post_apply(db, settings, hooks_due,
+                                                    [m.id for m in files if m.id in applied][-1])
         result.shims = _active_shims(db)
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _post_apply_due(db: Database, hooks: list[MigrationFile], todo: list[MigrationFile]) -> list[MigrationFile]:
+    """The post-apply hooks to run: all of them when the run applies something, or when a migration
+    was applied after one of them last ran (its transaction failed: this run finishes the job)."""
+    if hooks and (todo or history.post_apply_due(db, [h.id for h in hooks])):
+        return hooks
+    return []
+
+
+def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile], last_applied: str) -> list[str]:
+    """Each hook in its own transaction, with the lock timeout and retries of a migration and
+    without the compat checks; the last one stores the schema snapshot (under ``last_applied``),
+    so what the hooks build is part of what ``doctor`` expects."""
+    from runner.executor import Executor
+    from runner.snapshot import SnapshotHook
+
+    executor = Executor(db, settings, [SnapshotHook(final_migration_id=hooks[-1].id, label=last_applied)])
+    done = []
+    for hook in hooks:
+        log.info("running post-apply hook", hook=hook.id)
+        try:
+            seconds = executor.post_apply(hook)
+        except Exception:
+            log.error("post-apply hook failed", hook=hook.id, outcome="failed")
+            raise
+        log.info("post-apply hook ran", hook=hook.id, duration_ms=round(seconds * 1000, 1), outcome="ran")
+        done.append(hook.id)
+    return done
 
 
 def _active_shims(db: Database) -> list[dict[str, Any]]:

@@ -98,6 +98,12 @@ class Executor:
         """Roll ``migration`` back; returns the duration in seconds (durable when this returns)."""
         return self._run(migration, previous, "rollback")[0]
 
+    def post_apply(self, hook: MigrationFile) -> float:
+        """Run a yoyo post-apply hook (``post-apply*`` file) as a migration is run, in its own
+        transaction, with its ``_migrate_log`` row but no history row (it is never applied once
+        and for all); returns its duration in seconds (durable when this returns)."""
+        return self._run(hook, None, "post-apply")[0]
+
     def make_durable(self) -> list[tuple[MigrationFile, float]]:
         """Wait until every migration applied so far is on disk (and on synchronous standbys);
         returns those not confirmed before. Call at the end of a run, also a failed one.
@@ -144,8 +150,8 @@ class Executor:
                 self._recover()
                 if is_connection_error(err):
                     # `up` is idempotent; `down` is not: check where the database is before repeating it.
-                    doing, again = (("applying", "`migrate up`") if direction == "apply" else
-                                    ("rolling back", "`migrate down` (after `migrate status`)"))
+                    doing, again = (("rolling back", "`migrate down` (after `migrate status`)")
+                                    if direction == "rollback" else ("applying", "`migrate up`"))
                     unconfirmed = [m.id for m, _ in self._unconfirmed]
                     which = (f"its transaction and those of the migrations before it not yet confirmed on disk "
                              f"({unconfirmed[0]} to {unconfirmed[-1]}) each" if unconfirmed else "its transaction either")
@@ -201,7 +207,7 @@ class Executor:
         """PostgreSQL, SQL statements each certainly one statement, and no hook with work to do."""
         if self.db.dialect != "postgresql" or migration.format == "python":
             return False
-        statements = migration.up if ctx.direction == "apply" else migration.down
+        statements = migration.statements(ctx.direction)
         if not statements or not all(s.exact for s in statements):
             return False
         return not any(getattr(hook, "wants", lambda _: True)(ctx) for hook in self.hooks)
@@ -209,7 +215,7 @@ class Executor:
     def _one_query(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker) -> bool:
         """The whole migration in one round trip (see __post_init__); a failure names its statement.
         Returns whether the COMMIT waited for the WAL flush (see make_durable)."""
-        statements = migration.up if ctx.direction == "apply" else migration.down
+        statements = migration.statements(ctx.direction)
         flush = ctx.direction != "apply" or self._flush_due()
         parts, first, commit = self._script([migration], ctx.direction, flush)
         self.db.backend._in_transaction = True  # for _recover: roll back whatever the failure left open
@@ -250,7 +256,7 @@ class Executor:
             if len(migrations) > 1:
                 parts.append("SELECT set_config('migrate.started', clock_timestamp()::text, true)")
             starts.append(len(parts))
-            parts.extend(s.sql for s in (migration.up if direction == "apply" else migration.down))
+            parts.extend(s.sql for s in migration.statements(direction))
             parts.extend(self._restore)
             parts.append(self._bookkeeping.render(migration, direction, duration_ms=None))
         commit = len(parts)
@@ -329,11 +335,11 @@ class Executor:
             steps.use_transactions = migration.transactional
             steps._depends = set()
             steps.steps = migration.python_steps
-            steps.process_steps(self.db.backend, direction)
+            steps.process_steps(self.db.backend, "rollback" if direction == "rollback" else "apply")
             if then:
                 self.db.connection.execute(then)
             return
-        statements = migration.up if direction == "apply" else migration.down
+        statements = migration.statements(direction)
         cursor = self.db.connection.cursor()
         try:
             for n, statement in enumerate(statements, 1):
@@ -391,4 +397,9 @@ class Executor:
             first = " ".join(tracker.current.sql.split())
             statement = f" in statement `{first[:120]}{'...' if len(first) > 120 else ''}`"
         done = "rolled back" if migration.transactional else "statements before it stay applied (non-transactional)"
-        return f"{where}: migration {migration.id} failed{statement}: {server_message(err)}; {done}"
+        what = "migration"
+        if direction == "post-apply":
+            what = "post-apply hook"
+            done += ("; the migrations applied before it stay applied; once the hook is fixed, the next "
+                     "`migrate up` runs the post-apply hooks again")
+        return f"{where}: {what} {migration.id} failed{statement}: {server_message(err)}; {done}"

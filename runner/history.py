@@ -90,6 +90,20 @@ def read_applied(db: Database) -> list[AppliedMigration]:
     return [AppliedMigration(r[0], r[1], _as_datetime(r[2]), r[3]) for r in rows]
 
 
+def post_apply_due(db: Database, hook_ids: list[str]) -> bool:
+    """Whether a migration was applied after one of the post-apply hooks ``hook_ids`` last ran
+    (its transaction failed, or the hook is new), from the audit trail."""
+    if not hook_ids or not table_exists(db, LOG):
+        return False
+    log = db.qualify(LOG)
+    last_apply = db.execute(f"SELECT max(id) FROM {log} WHERE operation = 'apply'").fetchone()[0]
+    if last_apply is None:
+        return False
+    ran = dict(db.execute(f"SELECT migration_id, max(id) FROM {log} WHERE operation = 'post-apply' "
+                          "GROUP BY migration_id").fetchall())
+    return any(ran.get(hook, 0) < last_apply for hook in hook_ids)
+
+
 def applied_by_yoyo(db: Database, ids: list[str]) -> list[str]:
     """Those of ``ids`` that ``_yoyo_migration`` lists but the runner does not: applied (or marked)
     by yoyo's own CLI, as the runner writes both tables in one transaction."""
@@ -136,6 +150,8 @@ _OPERATIONS = {
     "rollback": (_DELETE_HISTORY, _LOG, _DELETE_YOYO, _YOYO_LOG),
     "unmark": (_DELETE_HISTORY, _LOG, _DELETE_YOYO, _YOYO_LOG),
     "rehash": ("UPDATE {history} SET checksum = :checksum WHERE migration_id = :id", _LOG),
+    # A yoyo post-apply hook ran (after migrations were applied): audit trail only.
+    "post-apply": (_LOG,),
 }
 # Milliseconds since the migration began: since ``migrate.started`` where the executor set it (several
 # migrations in one transaction), else since the transaction began.

@@ -57,6 +57,11 @@ class MigrationFile:
     # For Python migrations: the loaded yoyo steps (apply and rollback callables).
     python_steps: list[Any] = field(default_factory=list)
 
+    def statements(self, direction: str) -> list[Statement]:
+        """The SQL statements ``direction`` runs: ``down`` for a rollback, else ``up`` (apply, and a
+        post-apply hook)."""
+        return self.down if direction == "rollback" else self.up
+
     def directives_named(self, name: str) -> list[Directive]:
         return [d for d in self.directives if d.name == name]
 

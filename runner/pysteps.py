@@ -58,7 +58,7 @@ def failure(migration: MigrationFile, direction: str, err: BaseException) -> tup
     line = _innermost_line(err, migration.path) or getattr(failing, "line", None)
     if failing is None:
         return line, ""
-    code = failing._apply if direction == "apply" else failing._rollback
+    code = failing._rollback if direction == "rollback" else failing._apply
     if isinstance(code, str):
         text = " ".join(code.split())
         return line, f" in step `{text[:120]}{'...' if len(text) > 120 else ''}`"

@@ -254,15 +254,19 @@ class SnapshotHook:
       reporting false drift;
     - ``every=True`` snapshots after every migration (tests, small runs).
 
+    ``label``: store the snapshot under this migration id instead (post-apply hooks run after the
+    run's last migration; their snapshot is the expected shape after that migration).
+
     On a rollback (``ctx.direction == "rollback"``) the snapshot is stored
     under the migration that stays the last applied (``ctx.previous``), or
     ``""`` when nothing stays applied; without ``final_migration_id`` every
     rollback stores one (rollbacks are few).
     """
 
-    def __init__(self, final_migration_id: str | None = None, every: bool = False) -> None:
+    def __init__(self, final_migration_id: str | None = None, every: bool = False, label: str | None = None) -> None:
         self.final_migration_id = final_migration_id
         self.every = every
+        self.label = label  # store under this migration id (post-apply hooks: the last applied migration)
         self._head: str | None = None
 
     def wants(self, ctx: MigrationContext) -> bool:
@@ -285,7 +289,9 @@ class SnapshotHook:
     def after(self, ctx: MigrationContext) -> None:
         if not self._is_final(ctx):
             return
-        if ctx.direction == "rollback":
+        if self.label is not None:
+            label = self.label
+        elif ctx.direction == "rollback":
             label = ctx.previous.id if ctx.previous is not None else ""
         else:
             label = ctx.migration.id
@@ -310,8 +316,8 @@ def _head_of_folder(folder: Any) -> str | None:
         return None
     keys = []
     for name in names:
-        if name.startswith((".", "_")) or name.endswith(".rollback.sql") or not name.endswith((".sql", ".py")):
-            continue
+        if name.startswith((".", "_", "post-apply")) or name.endswith(".rollback.sql") or not name.endswith((".sql", ".py")):
+            continue  # post-apply: yoyo's hooks, not migrations (runner.sources.load_folder)
         stem = name.rsplit(".", 1)[0]
         match = _VERSION.match(name)
         keys.append((match is None, int(match.group(1)) if match else 0, stem))

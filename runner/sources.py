@@ -21,22 +21,34 @@ from runner.migration import MigrationFile
 from runner.sqlfile import header_directives, split_statements
 
 _VERSION = re.compile(r"^(\d+)")
+POST_APPLY = "post-apply"  # the name prefix of yoyo's post-apply hooks
 _CHUNK = 1 << 20
 _TRUE = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def load_migrations(folder: Path) -> list[MigrationFile]:
     """All migrations in ``folder``, in the order they apply."""
+    return load_folder(folder)[0]
+
+
+def load_folder(folder: Path) -> tuple[list[MigrationFile], list[MigrationFile]]:
+    """The migrations in ``folder`` (in the order they apply) and its post-apply hooks: as in yoyo,
+    files whose name starts with ``post-apply`` (``post-apply.sql``, ``post-apply-grants.py``) are
+    not migrations but run after every `migrate up` that applied something, in name order."""
     if not folder.is_dir():
         raise ConfigError(f"migrations folder not found: {folder}")
     paths, files = _migration_paths(folder)
-    migrations = [read_migration(path, os.path.basename(path).rsplit(".", 1)[0] + ".rollback.sql" in files)
-                  for path in paths]
+    migrations = []
+    hooks = []
+    for path in paths:
+        name = os.path.basename(path)
+        read = read_migration(path, name.rsplit(".", 1)[0] + ".rollback.sql" in files)
+        (hooks if name.startswith(POST_APPLY) else migrations).append(read)
     _check_unique(migrations)
     migrations.sort(key=lambda m: (m.version is None, m.version or 0, m.id))
     if any(m.depends for m in migrations):
         migrations = _sort_by_depends(migrations)
-    return migrations
+    return migrations, hooks
 
 
 def _migration_paths(folder: Path) -> tuple[list[str], set[str]]:
