@@ -113,7 +113,7 @@ def _refuse_drift(state: Status) -> None:
         raise DriftError(lines[0] + more)
 
 
-def _work(db: Database, files: list[MigrationFile], to: str | None) -> tuple[Status, list[MigrationFile]]:
+def _what_to_apply(db: Database, files: list[MigrationFile], to: str | None) -> tuple[Status, list[MigrationFile]]:
     """The state and what `up` is to apply; refuses drift, and migrations yoyo's own CLI applied."""
     state = compute(files, history.read_applied(db))
     _refuse_drift(state)
@@ -163,7 +163,7 @@ def up(
     result = UpResult(dry_run=dry_run)
     with _open(settings) as db:
         if dry_run:
-            state, todo = _work(db, files, to)
+            state, todo = _what_to_apply(db, files, to)
             result.pending_before = list(state.pending)
             hooks_due = _post_apply_due(db, post_apply, todo)
             result.plan = [PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up], post_apply=n >= len(todo))
@@ -172,7 +172,7 @@ def up(
             result.duration_s = time.perf_counter() - started
             return result
         with runner_lock(db, settings.lock_wait):
-            state, todo = _work(db, files, to)
+            state, todo = _what_to_apply(db, files, to)
             result.pending_before = list(state.pending)
             if todo:  # a no-op `up` needs neither the tables, the executor nor the hooks (nor their imports)
                 history.ensure_tables(db)
