@@ -227,8 +227,8 @@ def up(
             hooks_due = _post_apply_due(db, post_apply, todo)
             if hooks_due:
                 applied = {a.id for a in state.applied} | set(result.applied)
-                result.post_apply = _run_post_apply(db, settings, hooks_due,
-                                                    [m.id for m in files if m.id in applied][-1])
+                last = next((m.id for m in reversed(files) if m.id in applied), "")  # "": nothing stays applied
+                result.post_apply = _run_post_apply(db, settings, hooks_due, last)
         result.shims = _active_shims(db)
     result.duration_s = time.perf_counter() - started
     return result
