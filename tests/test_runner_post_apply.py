@@ -83,3 +83,16 @@ def test_hooks_run_in_name_order_on_sqlite_too(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "hooks.db") as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM hook_log ORDER BY rowid")] == ["post-apply", "post-apply2"]
         assert [r[0] for r in conn.execute("SELECT migration_id FROM _migrate_history")] == ["001_log"]
+
+
+def test_due_hook_runs_even_when_nothing_stays_applied(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {"001_t1.sql": "CREATE TABLE t1 (id int);",
+                                               "001_t1.rollback.sql": "DROP TABLE t1;", "post-apply.sql": BROKEN_HOOK})
+    assert _up(pg_url, folder).returncode == 4
+    assert run_migrate("down", "--database", pg_url, "--migrations", str(folder)).returncode == 0
+    for name in ("001_t1.sql", "001_t1.rollback.sql"):
+        (folder / name).unlink()
+    write_migrations(folder, {"post-apply.sql": "SELECT 1;"})
+    result = _up(pg_url, folder)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["post_apply"] == ["post-apply"] and history(pg_url) == []
