@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Format = Literal["sql", "goose", "python"]
+# The name prefix of yoyo's post-apply hooks: files that are not migrations (runner.sources.load_folder).
+POST_APPLY = "post-apply"
 
 
 @dataclass(frozen=True)

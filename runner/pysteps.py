@@ -49,13 +49,16 @@ def failure(migration: MigrationFile, direction: str, err: BaseException) -> tup
     from yoyo.migrations import MigrationStep, StepGroup
 
     failing = None
+    line = None
     tb = err.__traceback__
     while tb is not None:
         candidate = tb.tb_frame.f_locals.get("self")
         if isinstance(candidate, MigrationStep) and not isinstance(candidate, StepGroup):
             failing = candidate
+        if tb.tb_frame.f_code.co_filename == migration.path:
+            line = tb.tb_lineno  # inside a step function
         tb = tb.tb_next
-    line = _innermost_line(err, migration.path) or getattr(failing, "line", None)
+    line = line or getattr(failing, "line", None)
     if failing is None:
         return line, ""
     code = failing._rollback if direction == "rollback" else failing._apply

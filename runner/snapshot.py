@@ -31,6 +31,7 @@ from typing import Any
 
 from runner.hooks import MigrationContext
 from runner.logs import get_logger
+from runner.migration import POST_APPLY
 
 log = get_logger("migrate.snapshot")
 
@@ -316,8 +317,8 @@ def _head_of_folder(folder: Any) -> str | None:
         return None
     keys = []
     for name in names:
-        if name.startswith((".", "_", "post-apply")) or name.endswith(".rollback.sql") or not name.endswith((".sql", ".py")):
-            continue  # post-apply: yoyo's hooks, not migrations (runner.sources.load_folder)
+        if name.startswith((".", "_", POST_APPLY)) or name.endswith(".rollback.sql") or not name.endswith((".sql", ".py")):
+            continue  # POST_APPLY: yoyo's hooks, not migrations (runner.sources.load_folder)
         stem = name.rsplit(".", 1)[0]
         match = _VERSION.match(name)
         keys.append((match is None, int(match.group(1)) if match else 0, stem))

@@ -14,14 +14,13 @@ import os
 import re
 from pathlib import Path
 
-from runner.errors import ConfigError, MigrationFileError
 from runner import pysteps
+from runner.errors import ConfigError, MigrationFileError
 from runner.goose import is_goose, parse_goose
-from runner.migration import MigrationFile
+from runner.migration import POST_APPLY, MigrationFile
 from runner.sqlfile import header_directives, split_statements
 
 _VERSION = re.compile(r"^(\d+)")
-POST_APPLY = "post-apply"  # the name prefix of yoyo's post-apply hooks
 _CHUNK = 1 << 20
 _TRUE = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
