@@ -6,15 +6,14 @@ migration, or a ``[[renames]]`` config entry). The :class:`compat.hook.CompatHoo
 verifies the rename and, in the same transaction, creates a view with the
 previous version's exact shape in a per-version compat schema (PostgreSQL) or a
 view named by a template (SQLite), and records it in the ``_migrate_shims``
-registry. :mod:`compat.commands` lists, audits, extends and drops shims.
+registry. :mod:`compat.lifecycle` lists, audits, extends and drops shims; :mod:`compat.routes`
+routes lagging consumers to them.
 
-This package import is deliberately cheap: nothing here imports psycopg,
-pglast or click; the submodules import them where needed.
+This package import is deliberately cheap: nothing here imports psycopg or pglast; the
+submodules import them where needed.
 """
 
-__all__ = ["rename_column", "SHIMS_TABLE"]
-
-SHIMS_TABLE = "_migrate_shims"  # the shim registry (compat.registry)
+__all__ = ["rename_column"]
 
 
 def rename_column(*args, **kwargs):  # type: ignore[no-untyped-def]

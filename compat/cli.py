@@ -1,6 +1,6 @@
 """``migrate shims ...``: list, audit, drop, extend, connect, route.
 
-A click group over :mod:`compat.commands`. ``ctx.obj`` is the runner's
+A click group over :mod:`compat.lifecycle` and :mod:`compat.routes`. ``ctx.obj`` is the runner's
 ``Invocation`` (settings, open_database(), emit(data, text)); global options
 (--database, --format, ...) belong to the runner and are not redefined here.
 Every command returns its exit code; errors are MigrateError subclasses.
@@ -13,12 +13,12 @@ from typing import Any
 
 import click
 
+from compat import lifecycle, routes
+from runner.durations import parse_duration
 from runner.errors import OK, UsageError
 
 
 def _duration(value: str, option: str) -> timedelta:
-    from runner.durations import parse_duration
-
     try:
         return parse_duration(value, option)
     except ValueError as err:
@@ -36,13 +36,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _shim_rows(shims: list[Any], now: datetime) -> list[list[str]]:
-    from compat.commands import describe_delta
-
     rows = []
     for s in shims:
         expiry = _when(s.expires_at)
         if s.status == "active":
-            expiry += f" ({describe_delta(s.expires_at - now)})"
+            expiry += f" ({lifecycle.describe_delta(s.expires_at - now)})"
         rows.append([s.name, s.table, f"{s.old} -> {s.new}", s.as_of, s.status, expiry])
     return rows
 
@@ -61,12 +59,9 @@ def shims() -> None:
 @click.pass_obj
 def list_command(inv: Any, status: str) -> int:
     """Every shim in the registry: name, table, old -> new, version, status, expiry."""
-    from compat import commands
-    from compat.registry import Registry
-
-    with inv.open_database() as db:
-        found = commands.list_shims(db, None if status == "all" else status)
-        now = Registry(db.connection, db.dialect, db.schema).now()
+    with inv.open_database(read_only=True) as db:
+        found = lifecycle.list_shims(db, None if status == "all" else status)
+        now = db.now()
     text = _table(_HEADERS, _shim_rows(found, now)) if found else "no shims"
     inv.emit([s.to_json() for s in found], text)
     return OK
@@ -78,11 +73,9 @@ def list_command(inv: Any, status: str) -> int:
 @click.pass_obj
 def audit(inv: Any, warn_within: str) -> int:
     """Exit 1 when any active shim is past its expiry; list those expiring soon."""
-    from compat import commands
-
     window = _duration(warn_within, "--warn-within")
-    with inv.open_database() as db:
-        report = commands.audit(db, window)
+    with inv.open_database(read_only=True) as db:
+        report = lifecycle.audit(db, window)
     lines = [f"{len(report.active)} active shim(s); {len(report.expired)} past expiry; "
              f"{len(report.expiring)} expiring within {warn_within}"]
     if report.expired:
@@ -91,7 +84,7 @@ def audit(inv: Any, warn_within: str) -> int:
         lines += ["", "EXPIRING SOON:", _table(_HEADERS, _shim_rows(report.expiring, report.checked_at))]
     inv.emit(report.to_json(), "\n".join(lines))
     if not report.ok:
-        raise commands.ShimsExpired(commands.expired_message(report.expired))
+        raise lifecycle.ShimsExpired(lifecycle.expired_message(report.expired))
     return OK
 
 
@@ -107,11 +100,9 @@ def drop(inv: Any, names: tuple[str, ...], expired: bool, force: bool, reason: s
     Refuses while a session holds a lock on a shim view or a role routed to
     its schema is connected, naming the sessions, unless --force.
     """
-    from compat import commands
-
     with inv.open_database() as db:
-        report = commands.drop(db, names, expired=expired, force=force, reason=reason,
-                               lock_timeout=inv.settings.lock_timeout)
+        report = lifecycle.drop(db, names, expired=expired, force=force, reason=reason,
+                                lock_timeout=inv.settings.lock_timeout, lock_wait=inv.settings.lock_wait)
     lines = [f"dropped {s.name} ({s.table} {s.old} -> {s.new})" for s in report.dropped] or ["nothing to drop"]
     lines += [f"dropped schema {schema}" for schema in report.schemas_dropped]
     lines += [f"restored search_path of role {r.role} (was routed to {r.compat_schema})" for r in report.routes_undone]
@@ -129,7 +120,6 @@ def drop(inv: Any, names: tuple[str, ...], expired: bool, force: bool, reason: s
 @click.pass_obj
 def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) -> int:
     """Move a shim's expiry and record why."""
-    from compat import commands
     from compat.declarations import DeclarationError, parse_until
 
     delta = _duration(by, "--by") if by is not None else None
@@ -138,7 +128,7 @@ def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) 
     except DeclarationError as err:
         raise UsageError(str(err).replace("until:", "--until:", 1)) from None
     with inv.open_database() as db:
-        updated = commands.extend(db, name, by=delta, until=moment, reason=reason)
+        updated = lifecycle.extend(db, name, by=delta, until=moment, reason=reason)
     inv.emit([s.to_json() for s in updated],
              "\n".join(f"{s.name} now expires {_when(s.expires_at)}" for s in updated))
     return OK
@@ -150,10 +140,8 @@ def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) 
 @click.pass_obj
 def connect(inv: Any, as_of: str) -> int:
     """Print the search_path setting and a ready URL for a consumer still on VERSION."""
-    from compat import commands
-
-    with inv.open_database() as db:
-        info = commands.connect_info(db, as_of, inv.settings.database, inv.settings.compat.schema_template)
+    with inv.open_database(read_only=True) as db:
+        info = routes.connect_info(db, as_of, inv.settings)
     lines = [f"search_path={info.search_path}", f"PGOPTIONS='{info.options}'", f"URL: {info.url}"]
     if info.note:
         lines.append(f"note: {info.note}")
@@ -172,16 +160,14 @@ def route(inv: Any, role: str, as_of: str | None, reset: bool) -> int:
     Recorded in the registry and undone when the schema's shims are dropped.
     New sessions of ROLE pick it up; running sessions keep their setting.
     """
-    from compat import commands
-
     if reset == (as_of is not None):
         raise UsageError("give either --as-of VERSION or --reset")
     with inv.open_database() as db:
         if reset:
-            routes = commands.unroute(db, role)
-            inv.emit([r.to_json() for r in routes], f"role {role}: route undone")
+            undone = routes.unroute(db, role)
+            inv.emit([r.to_json() for r in undone], f"role {role}: route undone")
             return OK
-        record = commands.route(db, role, as_of, inv.settings.compat.schema_template)
+        record = routes.route(db, role, as_of, inv.settings)
     inv.emit(record.to_json(), f"role {role}: search_path = {record.search_path} (new sessions; "
                                f"undone when {record.compat_schema} is dropped)")
     return OK

@@ -333,3 +333,22 @@ def check_config_renames(settings: Settings, migrations: list[MigrationFile]) ->
         parse_config_entry(entry, index, where)
         if not any(_matches(m, str(entry["migration"])) for m in migrations):
             raise ConfigError(f"{where}: [[renames]] #{index}: no migration named {entry['migration']!r}")
+
+
+def declared_renames(migration: MigrationFile, renames: Sequence[dict[str, Any]] = ()) -> list[RenameDeclaration]:
+    """The renames ``migration`` declares, for diagnosis (doctor, contracts): like
+    :func:`declarations_from`, but a directive or entry that does not parse is left out instead of
+    raising (`migrate up` and `lint` report those)."""
+    found: list[RenameDeclaration] = []
+    for directive in migration.directives_named("compat"):
+        try:
+            found.append(parse_rename(directive.value, migration.id))
+        except DeclarationError:
+            continue
+    for index, entry in enumerate(renames, 1):
+        if _matches(migration, str(entry.get("migration", ""))):
+            try:
+                found.append(replace(parse_config_entry(entry, index, "config"), migration_id=migration.id))
+            except (ConfigError, KeyError):
+                continue
+    return found

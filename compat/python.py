@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from compat.declarations import DeclarationError, RenameDeclaration, parse_rename, parse_until
-from compat.sqlite_views import quote
+from runner.db import quote_identifier as quote
 from runner.durations import parse_duration
 
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runner import yoyo_adapter
 from runner.errors import NOT_AT_HEAD, MigrateError, UsageError
 from runner.logs import get_logger
 from runner.migration import MigrationFile
@@ -35,8 +36,43 @@ from runner.migration import MigrationFile
 log = get_logger("migrate.adopt")
 
 TOOLS = ("yoyo", "goose", "golang-migrate", "alembic")
-DEFAULT_TABLES = {"yoyo": "_yoyo_migration", "goose": "goose_db_version", "golang-migrate": "schema_migrations",
-                  "alembic": "alembic_version"}
+DEFAULT_TABLES = {"yoyo": yoyo_adapter.MIGRATION_TABLE, "goose": "goose_db_version",
+                  "golang-migrate": "schema_migrations", "alembic": "alembic_version"}
+
+
+@dataclass(frozen=True)
+class ForeignTool:
+    """Another migration tool whose history table the runner recognises, and the way to take it over."""
+
+    table: str
+    tool: str
+    fix: str
+
+
+FOREIGN_TOOLS = (
+    ForeignTool("goose_db_version", "goose", "`migrate adopt goose --yes`"),
+    ForeignTool("schema_migrations", "golang-migrate (or Rails)", "`migrate adopt golang-migrate --yes`"),
+    ForeignTool("alembic_version", "Alembic", "`migrate adopt alembic --yes`"),
+    ForeignTool(yoyo_adapter.MIGRATION_TABLE, "yoyo's own CLI", "`migrate adopt yoyo --yes`"),
+    ForeignTool("flyway_schema_history", "Flyway", "`migrate mark ID...` (the versions Flyway applied)"),
+)
+
+
+def foreign_tool(db: Any) -> ForeignTool | None:
+    """The first other tool whose history table exists in the runner's schema, or None."""
+    return next((tool for tool in FOREIGN_TOOLS if db.dialect.plain_table_exists(db, tool.table)), None)
+
+
+def foreign_history(db: Any) -> ForeignTool | None:
+    """Another tool's history that holds rows (the database was migrated with it), or None.
+
+    yoyo's own table is left out: the runner writes it too (see runner.history)."""
+    for tool in FOREIGN_TOOLS:
+        if tool.table == yoyo_adapter.MIGRATION_TABLE or not db.dialect.plain_table_exists(db, tool.table):
+            continue
+        if db.dialect.read_untrusted(db, f"SELECT 1 FROM {db.qualify(tool.table)} LIMIT 1"):
+            return tool
+    return None
 
 
 class AdoptRefused(MigrateError):
@@ -108,16 +144,12 @@ class AdoptionPlan:
 
 def _table_columns(db: Any, table: str) -> list[str] | None:
     """Column names of ``table`` in the runner's schema, None when it does not exist."""
-    if db.dialect == "postgresql":
-        rows = db.execute(
-            "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t "
-            "AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            {"s": db.schema, "t": table},
-        ).fetchall()
-    else:
-        rows = db.execute("SELECT name FROM pragma_table_info(:t)", {"t": table}).fetchall()
-    return [r[0] for r in rows] or None
+    return db.dialect.table_columns(db, table)
+
+
+def _read(db: Any, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of another tool's table (another role may own it)."""
+    return db.dialect.read_untrusted(db, sql)
 
 
 def _require(db: Any, tool: str, table: str, needed: Sequence[str]) -> list[str]:
@@ -140,9 +172,7 @@ def read_yoyo(db: Any, table: str = "_yoyo_migration") -> ForeignHistory:
         raise UsageError(f"adopt yoyo: {table} is in yoyo's old layout (before yoyo 6): run any yoyo command against "
                          "this database once (`yoyo list` upgrades yoyo's tables), then adopt")
     _require(db, "yoyo", table, ("migration_hash", "migration_id", "applied_at_utc"))
-    rows = db.execute(
-        f"SELECT migration_id, applied_at_utc FROM {db.qualify(table)} ORDER BY applied_at_utc, migration_id"
-    ).fetchall()
+    rows = _read(db, f"SELECT migration_id, applied_at_utc FROM {db.qualify(table)} ORDER BY applied_at_utc, migration_id")
     history = ForeignHistory("yoyo", table, ids=[])
     for migration_id, applied_at in rows:
         history.ids.append(migration_id)  # type: ignore[union-attr]
@@ -153,9 +183,7 @@ def read_yoyo(db: Any, table: str = "_yoyo_migration") -> ForeignHistory:
 def read_goose(db: Any, table: str = "goose_db_version") -> ForeignHistory:
     """Latest row per version_id; applied when that row has is_applied (version 0 is goose's own)."""
     _require(db, "goose", table, ("id", "version_id", "is_applied"))
-    rows = db.execute(
-        f"SELECT version_id, is_applied, id FROM {db.qualify(table)} ORDER BY version_id, id"
-    ).fetchall()
+    rows = _read(db, f"SELECT version_id, is_applied, id FROM {db.qualify(table)} ORDER BY version_id, id")
     latest: dict[int, tuple[bool, int]] = {}
     for version, is_applied, row_id in rows:
         latest[int(version)] = (bool(is_applied), int(row_id))
@@ -174,7 +202,7 @@ def read_golang_migrate(db: Any, table: str = "schema_migrations") -> ForeignHis
         raise UsageError(f"adopt golang-migrate: {table} has a single 'version' column and no 'dirty' column: "
                          "that is Rails' table, not golang-migrate's")
     _require(db, "golang-migrate", table, ("version", "dirty"))
-    rows = db.execute(f"SELECT version, dirty FROM {db.qualify(table)}").fetchall()
+    rows = _read(db, f"SELECT version, dirty FROM {db.qualify(table)}")
     if len(rows) > 1:
         raise AdoptRefused(f"adopt golang-migrate: {table} has {len(rows)} rows; golang-migrate keeps exactly one")
     history = ForeignHistory("golang-migrate", table)
@@ -186,7 +214,7 @@ def read_golang_migrate(db: Any, table: str = "schema_migrations") -> ForeignHis
 
 def read_alembic(db: Any, table: str = "alembic_version") -> ForeignHistory:
     _require(db, "alembic", table, ("version_num",))
-    rows = [r[0] for r in db.execute(f"SELECT version_num FROM {db.qualify(table)}").fetchall()]
+    rows = [r[0] for r in _read(db, f"SELECT version_num FROM {db.qualify(table)}")]
     if len(rows) > 1:
         raise AdoptRefused(f"adopt alembic: {table} has {len(rows)} heads ({', '.join(rows)}): merge the "
                            "branches with alembic first (`alembic merge`), then adopt")
@@ -320,14 +348,15 @@ def adopt(settings: Any, tool: str, *, apply: bool = False, table: str | None = 
           allow_gaps: bool = False) -> AdoptionPlan:
     """Read ``tool``'s history, map it, and (with ``apply``) record the mapping."""
     from runner import history as runner_history
-    from runner.db import connect, transaction
+    from runner.db import open_database, transaction
     from runner.lock import runner_lock
+    from runner.snapshot import store_snapshot, take_snapshot
     from runner.sources import load_migrations
 
     if tool not in READERS:
         raise UsageError(f"adopt: unknown tool {tool!r} (supported: {', '.join(TOOLS)})")
     migrations = load_migrations(settings.migrations)
-    with connect(settings.database) as db:
+    with open_database(settings) as db:
         foreign = READERS[tool](db, table or DEFAULT_TABLES[tool])
         recorded = [a.migration_id for a in runner_history.read_applied(db)]
         plan = plan_adoption(foreign, migrations, recorded, allow_gaps)
@@ -340,16 +369,13 @@ def adopt(settings: Any, tool: str, *, apply: bool = False, table: str | None = 
             plan = plan_adoption(READERS[tool](db, table or DEFAULT_TABLES[tool]), migrations, recorded, allow_gaps)
             by_id = {m.id: m for m in migrations}
             with transaction(db):
+                bookkeeping = runner_history.Bookkeeping(db)
                 for entry in plan.entries:
-                    runner_history.record(db, by_id[entry.migration_id], "mark",
+                    runner_history.record(db, by_id[entry.migration_id], "mark", bookkeeping=bookkeeping,
                                           detail=f"adopted from {tool} ({plan.table}: {entry.source})")
                 last = [m for m in migrations if m.id in set(recorded) | {e.migration_id for e in plan.entries}]
                 if last:
-                    from runner.snapshot import store_snapshot, take_snapshot
-
-                    store_snapshot(db.connection, db.dialect, db.schema, last[-1].id,
-                                   take_snapshot(db.connection, db.dialect, db.schema,
-                                                 settings.compat.sqlite_view_template))
+                    store_snapshot(db, last[-1].id, take_snapshot(db, settings.compat.sqlite_view_template))
         plan.applied = True
         log.info("adopted", tool=tool, recorded=len(plan.entries))
     return plan

@@ -40,10 +40,10 @@ class Invocation:
             self._settings = load_settings(flags)
         return self._settings
 
-    def open_database(self) -> Any:
-        from runner.db import connect
+    def open_database(self, *, read_only: bool = False) -> Any:
+        from runner.db import open_database
 
-        return connect(self.settings.database)
+        return open_database(self.settings, read_only=read_only)
 
     @property
     def json(self) -> bool:
@@ -138,7 +138,7 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         lint_gate(inv)
     result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
     if dry_run:
-        data = {"dry_run": True, "pending_before": result.pending_before,
+        data = {"dry_run": True, "database": result.database, "pending_before": result.pending_before,
                 "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements,
                           "post_apply": p.post_apply} for p in result.plan]}
         lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}"
@@ -146,7 +146,7 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
                  + "\n".join(s.rstrip().rstrip(";") + ";" for s in p.statements) for p in result.plan]
         inv.emit(data, "\n\n".join(lines) if lines else "nothing to apply: database is at head")
         return errors.OK
-    data = {"applied": result.applied, "pending_before": result.pending_before,
+    data = {"database": result.database, "applied": result.applied, "pending_before": result.pending_before,
             "duration_s": round(result.duration_s, 3), "shims": result.shims, "post_apply": result.post_apply}
     if result.applied:
         shown = result.applied if len(result.applied) <= 10 else [*result.applied[:3], "...", *result.applied[-3:]]
@@ -278,18 +278,12 @@ def _database_error_code(err: BaseException) -> int | None:
     """Exit code for a driver error raised outside a migration (those the executor translates):
     5 when the connection is gone, 2 for the rest (e.g. no CREATE privilege for the runner's
     tables); None when ``err`` is no database error at all (a bug: let it show)."""
-    import sqlite3
+    from runner.dialects.postgresql import DIALECT as POSTGRESQL
+    from runner.dialects.sqlite import DIALECT as SQLITE
 
-    from runner.db import is_connection_error
-
-    if is_connection_error(err):
-        return errors.UNREACHABLE
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - a dependency
-        return errors.USAGE if isinstance(err, sqlite3.Error) else None
-    if isinstance(err, (psycopg.Error, sqlite3.Error)):
-        return errors.USAGE
+    for dialect in (POSTGRESQL, SQLITE):
+        if isinstance(err, dialect.errors):
+            return errors.UNREACHABLE if dialect.is_connection_error(err) else errors.USAGE
     return None
 
 

@@ -1,5 +1,5 @@
-"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``envs``; plus the functions the
-lead-owned commands call (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
+"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``envs``; plus what the core
+commands call for diagnosis (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
 
 Register with ``for command in COMMANDS: cli.add_command(command)``. Each
 command returns its exit code (see README.md).
@@ -30,7 +30,7 @@ def doctor(inv: Any) -> int:
     """Diagnose the database: pending, drift, undone migrations, expired shims, lock holder."""
     from runner.doctor import diagnose
 
-    with inv.open_database() as db:
+    with inv.open_database(read_only=True) as db:
         result = diagnose(db, inv.settings)
     inv.emit(result.as_list(), result.as_text())
     return errors.OK if result.healthy else errors.NOT_AT_HEAD
@@ -74,7 +74,7 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
     rules; ``offline`` (or ``paths`` without a database) lints the files alone.
     """
     from runner import history
-    from runner.lint import lint_migrations, read_exposed_shims
+    from runner.lint import lint_migrations, read_active_shims
     from runner.sources import load_migrations, read_migration
 
     if paths:
@@ -85,16 +85,19 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
     server_version = None
     if not offline:
         if db is None:
-            from runner.db import connect
+            from runner.db import open_database
+            from runner.dialects import for_url
+            from runner.urls import parse_url
 
-            with connect(settings.database) as own:
+            address = parse_url(settings.database)
+            if not for_url(address).lints:
+                raise errors.UsageError(
+                    f"lint checks PostgreSQL migrations, and {address.redacted} is {address.dialect}: use "
+                    "`migrate lint --all --offline` to lint the files anyway")
+            with open_database(settings, read_only=True) as own:
                 return run_lint(settings, all_files=all_files, paths=paths, db=own)
-        if db.dialect != "postgresql":
-            raise errors.UsageError(
-                f"lint checks PostgreSQL migrations, and {db.url} is SQLite: use `migrate lint --all --offline` "
-                "to lint the files anyway")
-        server_version = int(db.execute("SHOW server_version_num").fetchone()[0])
-        shims = read_exposed_shims(db.connection, db.schema)
+        server_version = db.dialect.server_version(db)
+        shims = read_active_shims(db)
         if not all_files and not paths:
             applied = {a.migration_id for a in history.read_applied(db)}
             migrations = [m for m in migrations if m.id not in applied]
@@ -135,7 +138,7 @@ def verify_consumers(inv: Any, consumers: Sequence[str]) -> int:
     from runner.contracts import load_contracts, verify_consumers as check
 
     load_contracts(consumers)  # bad files fail (exit 2) before any connection
-    with inv.open_database() as db:
+    with inv.open_database(read_only=True) as db:
         report = check(db, inv.settings, consumers)
     if report.ok:
         inv.emit(report.as_dict(), report.as_text())

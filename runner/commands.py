@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from runner import history
+from compat.hook import CompatHook
+from runner import adopt, history
 from runner.config import Settings
-from runner.db import Database, connect, transaction
+from runner.db import Database, open_database, transaction
+from runner.engine import Engine
 from runner.errors import DriftError, UsageError
 from runner.hooks import MigrationHook
 from runner.lock import runner_lock
 from runner.logs import get_logger
 from runner.migration import MigrationFile
+from runner.snapshot import SnapshotHook
 from runner.sources import load_folder, load_migrations
 from runner.status import Status, compute, drift_lines
 
@@ -38,6 +41,7 @@ class PlanItem:
 
 @dataclass
 class UpResult:
+    database: str = ""  # redacted URL
     applied: list[str] = field(default_factory=list)
     pending_before: list[str] = field(default_factory=list)
     duration_s: float = 0.0
@@ -54,32 +58,22 @@ class DownResult:
 
 
 def default_hooks(settings: Settings, compat: bool = True, final_migration_id: str | None = None) -> list[MigrationHook]:
-    """The hooks `migrate up` runs around each migration.
+    """The hooks `migrate up`/`down` run around each migration.
 
     ``final_migration_id``: the last migration of the run; the snapshot hook then stores one
     snapshot per run (in that migration's transaction) instead of one per migration, which
     would make a long run quadratic (see :class:`runner.snapshot.SnapshotHook`).
     """
-    from compat.hook import CompatHook
-
     # Always present: with --no-compat it still checks declared renames and protects existing
     # shims, it just creates none (nor when [compat] enabled = false).
-    hooks: list[MigrationHook] = [CompatHook(settings, create_shims=compat)]
-    from runner.snapshot import SnapshotHook
-
-    hooks.append(SnapshotHook(final_migration_id))
-    return hooks
-
-
-def _open(settings: Settings) -> Database:
-    return connect(settings.database)
+    return [CompatHook(create_shims=compat), SnapshotHook(final_migration_id)]
 
 
 def status(settings: Settings, db: Database | None = None) -> Status:
     files = load_migrations(settings.migrations)
     if db is not None:
         return compute(files, history.read_applied(db))
-    with _open(settings) as own:
+    with open_database(settings, read_only=True) as own:
         return compute(files, history.read_applied(own))
 
 
@@ -95,29 +89,39 @@ class VerifyResult:
 
 def verify(settings: Settings) -> VerifyResult:
     """The gate: problems are pending, modified or missing migrations and expired shims."""
-    from compat.commands import audit, expired_message
+    from compat import lifecycle
 
-    with _open(settings) as db:
+    with open_database(settings, read_only=True) as db:
         state = status(settings, db)
         problems = [f"{p}: pending: run `migrate up`" for p in state.pending] + drift_lines(state)
-        expired = audit(db, timedelta(0)).expired
+        expired = lifecycle.audit(db, timedelta(0)).expired
     if expired:
-        problems.append(expired_message(expired))
+        problems.append(lifecycle.expired_message(expired))
     return VerifyResult(state, problems)
 
 
 def _refuse_drift(state: Status) -> None:
     lines = drift_lines(state)
     if lines:
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-        raise DriftError(lines[0] + more)
+        raise DriftError(lines[0] + _and_more(lines))
+
+
+def _and_more(items: Sequence[object]) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
 def _what_to_apply(db: Database, files: list[MigrationFile], to: str | None) -> tuple[Status, list[MigrationFile]]:
-    """The state and what `up` is to apply; refuses drift, and migrations yoyo's own CLI applied."""
+    """The state and what `up` is to apply; refuses drift, and a history another tool wrote."""
     state = compute(files, history.read_applied(db))
     _refuse_drift(state)
     todo = _select_up_to(files, state.pending, to)
+    if not state.applied:
+        foreign = adopt.foreign_history(db)
+        if foreign is not None:
+            raise DriftError(
+                f"{foreign.table}: this database was migrated with {foreign.tool} and the runner has no history yet; "
+                f"`migrate up` would run every migration again: take the history over with {foreign.fix}, "
+                "then run `migrate up`")
     _refuse_yoyo_applied(db, todo)
     return state, todo
 
@@ -126,10 +130,9 @@ def _refuse_yoyo_applied(db: Database, todo: list[MigrationFile]) -> None:
     """A pending migration that yoyo's own CLI applied would run a second time."""
     done = history.applied_by_yoyo(db, [m.id for m in todo])
     if done:
-        more = f" (and {len(done) - 1} more)" if len(done) > 1 else ""
         raise DriftError(
-            f"{done[0]}{more}: applied by yoyo's own CLI (listed in _yoyo_migration) but not recorded by the runner; "
-            "`migrate up` would run it again: take the history over with `migrate adopt yoyo --yes` "
+            f"{done[0]}{_and_more(done)}: applied by yoyo's own CLI (listed in _yoyo_migration) but not recorded by "
+            "the runner; `migrate up` would run it again: take the history over with `migrate adopt yoyo --yes` "
             "(or `migrate mark ID...`), then run `migrate up`")
 
 
@@ -147,6 +150,36 @@ def _select_up_to(files: list[MigrationFile], pending: list[str], to: str | None
     return chosen
 
 
+@dataclass
+class _UpProgress:
+    """Logs each step of `up` and collects what was applied (runner.engine.Progress)."""
+
+    result: UpResult
+    total: int
+    started: float
+    position: dict[str, int]
+
+    def _elapsed(self) -> float:
+        return round(time.perf_counter() - self.started, 2)
+
+    def applying(self, migration: MigrationFile, batch: int) -> None:
+        extra = {"batch": batch} if batch > 1 else {}
+        log.info("applying", migration=migration.id, n=self.position[migration.id], total=self.total, **extra)
+
+    def applied(self, migration: MigrationFile, seconds: float) -> None:
+        self.result.applied.append(migration.id)
+        log.info("applied", migration=migration.id, n=self.position[migration.id], total=self.total,
+                 duration_ms=round(seconds * 1000, 1), outcome="applied", elapsed_s=self._elapsed())
+
+    def failed(self, migration: MigrationFile) -> None:
+        log.error("failed", migration=migration.id, n=self.position[migration.id], total=self.total,
+                  outcome="failed", elapsed_s=self._elapsed())
+
+    def batch_failed(self, batch: Sequence[MigrationFile], error: str) -> None:
+        log.info("batch rolled back, applying its migrations one by one", first=batch[0].id, last=batch[-1].id,
+                 error=error)
+
+
 def up(
     settings: Settings,
     *,
@@ -156,12 +189,12 @@ def up(
     compat: bool = True,
 ) -> UpResult:
     """Apply pending migrations in order, each exactly once, under the runner's lock."""
-    from runner.executor import BATCH_MAX, BatchFailed, Executor
-
     started = time.perf_counter()
     files, post_apply = load_folder(settings.migrations)
     result = UpResult(dry_run=dry_run)
-    with _open(settings) as db:
+    with open_database(settings) as db:
+        result.database = db.url
+        log.info("migrating", database=db.url, migrations=str(settings.migrations), dry_run=dry_run)
         if dry_run:
             state, todo = _what_to_apply(db, files, to)
             result.pending_before = list(state.pending)
@@ -174,56 +207,13 @@ def up(
         with runner_lock(db, settings.lock_wait):
             state, todo = _what_to_apply(db, files, to)
             result.pending_before = list(state.pending)
-            if todo:  # a no-op `up` needs neither the tables, the executor nor the hooks (nor their imports)
+            if todo:  # a no-op `up` needs neither the tables, the engine nor the hooks
                 history.ensure_tables(db)
-                run_hooks = default_hooks(settings, compat, todo[-1].id) if hooks is None else hooks
-                executor = Executor(db, settings, list(run_hooks))
-            previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}
-            total = len(todo)
-            position = {m.id: n for n, m in enumerate(todo, 1)}
-
-            def report(confirmed: list[tuple[MigrationFile, float]]) -> None:
-                """A migration is reported applied once it is known to be durable (Executor.apply)."""
-                for done, seconds in confirmed:
-                    result.applied.append(done.id)
-                    log.info("applied", migration=done.id, n=position[done.id], total=total,
-                             duration_ms=round(seconds * 1000, 1), outcome="applied",
-                             elapsed_s=round(time.perf_counter() - started, 2))
-
-            # A fresh database: schema-only migrations go up to BATCH_MAX per transaction (Executor.apply_batch).
-            fresh = bool(todo) and not state.applied and db.dialect == "postgresql" and history.is_empty(db)
-            i = 0
-            while i < total:
-                batch = [todo[i]]
-                if fresh and executor.batchable(todo[i], previous_of[todo[i].id]):
-                    while (len(batch) < BATCH_MAX and i + len(batch) < total
-                           and executor.batchable(todo[i + len(batch)], previous_of[todo[i + len(batch)].id])):
-                        batch.append(todo[i + len(batch)])
-                if len(batch) > 1:
-                    for migration in batch:
-                        log.info("applying", migration=migration.id, n=position[migration.id], total=total,
-                                 batch=len(batch))
-                    try:
-                        report(executor.apply_batch(batch))
-                        i += len(batch)
-                        continue
-                    except BatchFailed as err:
-                        log.info("batch rolled back, applying its migrations one by one", first=batch[0].id,
-                                 last=batch[-1].id, error=str(err))
-                for migration in batch:
-                    n = position[migration.id]
-                    log.info("applying", migration=migration.id, n=n, total=total)
-                    try:
-                        confirmed = executor.apply(migration, previous_of[migration.id])
-                    except Exception:
-                        report(_make_durable(executor))
-                        log.error("failed", migration=migration.id, n=n, total=total, outcome="failed",
-                                  elapsed_s=round(time.perf_counter() - started, 2))
-                        raise
-                    report(confirmed)
-                i += len(batch)
-            if todo:
-                report(executor.make_durable())
+                engine = Engine(db, settings, list(hooks) if hooks is not None
+                                else default_hooks(settings, compat, todo[-1].id))
+                previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}
+                progress = _UpProgress(result, len(todo), started, {m.id: n for n, m in enumerate(todo, 1)})
+                engine.apply(todo, previous_of, progress, nothing_applied=not state.applied)
             hooks_due = _post_apply_due(db, post_apply, todo)
             if hooks_due:
                 applied = {a.id for a in state.applied} | set(result.applied)
@@ -246,15 +236,12 @@ def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile]
     """Each hook in its own transaction, with the lock timeout and retries of a migration and
     without the compat checks; the last one stores the schema snapshot (under ``last_applied``),
     so what the hooks build is part of what ``doctor`` expects."""
-    from runner.executor import Executor
-    from runner.snapshot import SnapshotHook
-
-    executor = Executor(db, settings, [SnapshotHook(final_migration_id=hooks[-1].id, label=last_applied)])
+    engine = Engine(db, settings, [SnapshotHook(final_migration_id=hooks[-1].id, label=last_applied)])
     done = []
     for hook in hooks:
         log.info("running post-apply hook", hook=hook.id)
         try:
-            seconds = executor.post_apply(hook)
+            seconds = engine.post_apply(hook)
         except Exception:
             log.error("post-apply hook failed", hook=hook.id, outcome="failed")
             raise
@@ -264,29 +251,14 @@ def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile]
 
 
 def _active_shims(db: Database) -> list[dict[str, Any]]:
-    """The active shims `up` lists at the end (compat.commands only where a registry exists)."""
-    from compat import SHIMS_TABLE
+    """The active shims `up` lists at the end."""
+    from compat import lifecycle
 
-    if not history.table_exists(db, SHIMS_TABLE):
-        return []
-    from compat.commands import active_summary
-
-    return active_summary(db)
-
-
-def _make_durable(executor: Any) -> list[tuple[MigrationFile, float]]:
-    """After a failure: what was applied before it must still become durable (when the
-    connection is still there; if not, the error says which migrations were unconfirmed)."""
-    try:
-        return executor.make_durable()
-    except Exception:  # noqa: BLE001 - the connection may be gone; the first error is the one to show
-        return []
+    return lifecycle.active_summary(db)
 
 
 def down(settings: Settings, *, to: str | None = None, steps: int | None = None) -> DownResult:
     """Roll back the last ``steps`` applied migrations (default 1), or all after ``to``."""
-    from runner.executor import Executor
-
     if to is not None and steps is not None:
         raise UsageError("give either --to or --steps, not both")
     started = time.perf_counter()
@@ -294,7 +266,7 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
     by_id = {m.id: m for m in files}
     order = {m.id: i for i, m in enumerate(files)}
     result = DownResult()
-    with _open(settings) as db, runner_lock(db, settings.lock_wait):
+    with open_database(settings) as db, runner_lock(db, settings.lock_wait):
         history.ensure_tables(db)
         state = compute(files, history.read_applied(db))
         _refuse_drift(state)
@@ -308,11 +280,12 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
         for mid in victims:
             migration = by_id[mid]
             if not migration.has_down:
-                raise UsageError(f"{migration.path}: {mid} has no rollback (no Down section or .rollback.sql); nothing was rolled back after it")
-        executor = Executor(db, settings, default_hooks(settings, final_migration_id=victims[-1] if victims else None))
+                raise UsageError(f"{migration.path}: {mid} has no rollback (no Down section or .rollback.sql); "
+                                 "nothing was rolled back after it")
+        engine = Engine(db, settings, default_hooks(settings, final_migration_id=victims[-1] if victims else None))
         for mid in victims:
             index = order[mid]
-            executor.rollback(by_id[mid], files[index - 1] if index else None)
+            engine.rollback(by_id[mid], files[index - 1] if index else None)
             result.rolled_back.append(mid)
             log.info("rolled back", migration=mid, outcome="rolled back")
     result.duration_s = time.perf_counter() - started
@@ -329,7 +302,7 @@ def _resolve(files: list[MigrationFile], ids: Sequence[str]) -> list[MigrationFi
 
 def _bookkeeping(settings: Settings, ids: Sequence[str], operation: str) -> list[str]:
     files = load_migrations(settings.migrations)
-    with _open(settings) as db, runner_lock(db, settings.lock_wait):
+    with open_database(settings) as db, runner_lock(db, settings.lock_wait):
         history.ensure_tables(db)
         recorded = {a.migration_id for a in history.read_applied(db)}
         if operation == "unmark":
@@ -345,10 +318,11 @@ def _bookkeeping(settings: Settings, ids: Sequence[str], operation: str) -> list
                 if missing:
                     raise UsageError(f"not recorded as applied (nothing to rehash): {', '.join(missing)}")
         with transaction(db):
+            bookkeeping = history.Bookkeeping(db)
             for target in targets:
                 if operation == "mark" and target.id in recorded:
                     continue
-                history.record(db, target, operation)
+                history.record(db, target, operation, bookkeeping=bookkeeping)
     return [t.id for t in targets]
 
 

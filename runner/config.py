@@ -26,11 +26,12 @@ ENV = {
     "lock_wait": "MIGRATE_LOCK_WAIT",
     "log_format": "MIGRATE_LOG_FORMAT",
     "format": "MIGRATE_FORMAT",
+    "schema": "MIGRATE_SCHEMA",
 }
 CONFIG_ENV = "MIGRATE_CONFIG"
 
 _TOP_KEYS = {
-    "database", "migrations", "lock_timeout", "lock_wait", "lock_retries",
+    "database", "migrations", "schema", "lock_timeout", "lock_wait", "lock_retries",
     "format", "log_format", "compat", "renames", "lint", "environments",
 }
 _COMPAT_KEYS = {"enabled", "default_window", "schema_template", "sqlite_view_template"}
@@ -55,6 +56,8 @@ class CompatSettings:
 class Settings:
     database: str = DEFAULT_DATABASE
     migrations: Path = Path("migrations")
+    # PostgreSQL: the schema the runner keeps its tables in (None: the URL's schema=, else public).
+    schema: str | None = None
     config_path: Path | None = None
     lock_timeout: timedelta = timedelta(seconds=5)
     lock_retries: int = 5
@@ -127,6 +130,9 @@ def load_settings(
     value, _ = pick("database")
     if value is not None:
         settings.database = _string(value, "database", where)
+    value, source = pick("schema")
+    if value is not None:
+        settings.schema = _string(value, "schema", source)
     value, source = pick("migrations")
     if value is not None:
         folder = Path(_string(value, "migrations", where))

@@ -32,62 +32,22 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from compat.declarations import declared_renames
+from compat.dialects import for_database
+from compat.model import Shim
+from compat.registry import Registry
 from runner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from runner.db import Database
 
 _TOP_KEYS = {"consumer", "tables"}
 _CONSUMER_KEYS = {"name", "description"}
 _TABLE_KEYS = {"columns", "strict_select_star"}
-
-
-# --------------------------------------------------------------------------- shim registry
-
-@dataclass(frozen=True)
-class ShimRecord:
-    """What diagnostics need from a row of the compat ``_migrate_shims`` registry.
-
-    ``exposed`` are the base-table column names the shim view presents (its
-    old names mapped back through the renames).
-    """
-
-    name: str
-    status: str
-    expires_at: datetime | None
-    table_name: str
-    old_name: str
-    new_name: str
-    schema_name: str | None
-    view_name: str | None = None
-    exposed: tuple[str, ...] = ()
-
-    @property
-    def expired(self) -> bool:
-        if self.expires_at is None:
-            return False
-        when = self.expires_at if self.expires_at.tzinfo else self.expires_at.replace(tzinfo=timezone.utc)
-        return when <= datetime.now(timezone.utc)
-
-
-def read_shims(connection: Any, dialect: str, schema: str | None) -> list[ShimRecord]:
-    """Every registry row, through compat.registry ([] when the registry table does not exist)."""
-    from compat.registry import Registry
-
-    out = []
-    for shim in Registry(connection, dialect, schema).shims():
-        renames = {r["old"]: r["new"] for r in (shim.renames or [])} or {shim.old: shim.new}
-        view_columns = [c["name"] for c in (shim.columns or []) if isinstance(c, dict) and "name" in c]
-        exposed = tuple(dict.fromkeys(renames.get(c, c) for c in view_columns))
-        out.append(ShimRecord(shim.name, shim.status, shim.expires_at, shim.table_name, shim.old, shim.new,
-                              shim.compat_schema, shim.view_name, exposed))
-    return out
-
-
-def active_shims(connection: Any, dialect: str, schema: str | None) -> list[ShimRecord]:
-    """Registry rows with status 'active' (expired ones included: they still exist)."""
-    return [s for s in read_shims(connection, dialect, schema) if s.status == "active"]
 
 
 # --------------------------------------------------------------------------- contract files
@@ -247,51 +207,23 @@ def _introduced_by(migrations: Sequence[Any], table: str, column: str) -> Any | 
         for s in m.up:
             if tab.search(s.sql) and (adds.search(s.sql) or (creates.search(s.sql) and mention.search(s.sql))):
                 return m
-        for d in m.directives_named("compat"):
-            match = re.match(r"\s*rename\s+(\S+)\s*->\s*(\S+)", d.value)
-            if match and match.group(2) == column and match.group(1).split(".")[-2:-1] == [table]:
-                return m
+        if any(d.new == column and d.table == table for d in declared_renames(m)):
+            return m
     return _mentions(migrations, table, column)
 
 
 def _renamed_away(migrations: Sequence[Any], table: str, column: str) -> tuple[Any, str] | None:
     pattern = re.compile(r"rename\s+(?:column\s+)?\"?" + re.escape(column) + r"\"?\s+to\s+\"?(\w+)", re.I)
     for m in reversed(list(migrations)):
-        for d in m.directives_named("compat"):
-            match = re.match(r"\s*rename\s+(\S+)\s*->\s*(\S+)", d.value)
-            if match and match.group(1).split(".")[-1] == column and match.group(1).split(".")[-2:-1] == [table]:
-                return m, match.group(2)
+        declared = next((d for d in declared_renames(m) if d.old == column and d.table == table), None)
+        if declared is not None:
+            return m, declared.new
         for s in m.up:
             if re.search(r"(?<!\w)" + re.escape(table) + r"(?!\w)", s.sql):
                 found = pattern.search(s.sql)
                 if found:
                     return m, found.group(1)
     return None
-
-
-def _columns_pg(connection: Any, schemas: Sequence[str]) -> dict[tuple[str, str], list[str]]:
-    cur = connection.cursor()
-    cur.execute(
-        "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY n.nspname, c.relname, a.attnum",
-        (list(schemas),),
-    )
-    out: dict[tuple[str, str], list[str]] = {}
-    for nsp, rel, col in cur.fetchall():
-        out.setdefault((nsp, rel), []).append(col)
-    return out
-
-
-def _columns_sqlite(connection: Any) -> dict[tuple[str, str], list[str]]:
-    out: dict[tuple[str, str], list[str]] = {}
-    for rel, col in connection.execute(
-        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p "
-        "WHERE m.type IN ('table', 'view') ORDER BY m.name, p.cid"
-    ).fetchall():
-        out.setdefault(("main", rel), []).append(col)
-    return out
 
 
 def _problems(need: TableNeed, have: list[str] | None, hist: _History, shimmed: bool) -> list[str]:
@@ -332,22 +264,19 @@ def _problems(need: TableNeed, have: list[str] | None, hist: _History, shimmed: 
     return reasons
 
 
-def check_contracts(connection: Any, dialect: str, schema: str | None, contracts: Sequence[Contract],
-                    migrations: Sequence[Any], applied_ids: Sequence[str],
-                    sqlite_view_template: str = "{table}__v{version}") -> ContractReport:
+def check_contracts(db: Database, contracts: Sequence[Contract], migrations: Sequence[Any],
+                    applied_ids: Sequence[str], sqlite_view_template: str = "{table}__v{version}") -> ContractReport:
     """Check each contract against the live schema (directly, then through active shims)."""
     applied_set = set(applied_ids)
     applied = [m for m in migrations if m.id in applied_set]
     hist = _History(at=_label(applied[-1]) if applied else None, applied=applied,
                     pending=[m for m in migrations if m.id not in applied_set])
-    shims = active_shims(connection, dialect, schema)
-    base = schema or "main"
-    if dialect == "postgresql":
-        shim_schemas = sorted({s.schema_name for s in shims if s.schema_name}, reverse=True)
-        columns = _columns_pg(connection, [base, *shim_schemas])
-    else:
-        shim_schemas = []
-        columns = _columns_sqlite(connection)
+    shims = Registry(db).shims("active")
+    now = db.now()
+    through_search_path = for_database(db).search_path
+    base = db.schema or "main"
+    shim_schemas = sorted({s.compat_schema for s in shims if s.compat_schema}, reverse=True)
+    columns = db.dialect.relation_columns(db, [base, *shim_schemas])
     known_anywhere = {rel for (_, rel) in columns}
     results = []
     for contract in contracts:
@@ -357,24 +286,24 @@ def check_contracts(connection: Any, dialect: str, schema: str | None, contracts
                 also = f" (did you mean '{hint[0]}'?)" if hint else ""
                 raise ConfigError(
                     f"{contract.path}: tables.{need.table}: unknown table: no table or view {need.table} in "
-                    f"{'schema ' + base if dialect == 'postgresql' else 'the database'}, in any shim, or in any "
+                    f"{'schema ' + base if db.schema else 'the database'}, in any shim, or in any "
                     f"migration file{also}")
-        results.append(_check_one(contract, columns, base, shim_schemas, shims, hist, dialect,
-                                  sqlite_view_template))
+        results.append(_check_one(contract, columns, base, shim_schemas, shims, hist, through_search_path,
+                                  sqlite_view_template, now))
     return ContractReport(results)
 
 
 def _check_one(contract: Contract, columns: dict[tuple[str, str], list[str]], base: str,
-               shim_schemas: Sequence[str], shims: Sequence[ShimRecord], hist: _History, dialect: str,
-               sqlite_view_template: str) -> ConsumerResult:
+               shim_schemas: Sequence[str], shims: Sequence[Shim], hist: _History, through_search_path: bool,
+               sqlite_view_template: str, now: datetime) -> ConsumerResult:
     result = ConsumerResult(contract.name, contract.path, ok=False)
     direct = [p for need in contract.tables
               for p in _problems(need, columns.get((base, need.table)), hist, shimmed=False)]
     if not direct:
         result.ok = True
-        result.search_path = base if dialect == "postgresql" else None
+        result.search_path = base if through_search_path else None
         return result
-    if dialect == "postgresql":
+    if through_search_path:  # shims in compat schemas, reached by putting one first in the search_path
         for shim_schema in shim_schemas:
             path = [shim_schema, base]
             ok = True
@@ -384,18 +313,18 @@ def _check_one(contract: Contract, columns: dict[tuple[str, str], list[str]], ba
                     ok = False
                     break
             if ok:
-                used = [s for s in shims if s.schema_name == shim_schema]
+                used = [s for s in shims if s.compat_schema == shim_schema]
                 result.ok = True
                 result.search_path = ",".join(path)
                 result.via_shim = ", ".join(s.name for s in used)
                 for s in used:
-                    if s.expired:
+                    if s.expired(now):
                         result.notes.append(f"shim {s.name} expired at {s.expires_at}: it can be dropped at any "
                                             "time; upgrade this consumer")
-                    elif s.expires_at is not None:
+                    else:
                         result.notes.append(f"shim {s.name} expires at {s.expires_at}: upgrade before then")
                 return result
-    else:
+    else:  # no schemas: shims are views named by the template, read instead of the table
         views = {}
         for need in contract.tables:
             if not _problems(need, columns.get((base, need.table)), hist, shimmed=False):
@@ -433,5 +362,5 @@ def verify_consumers(db: Any, settings: Any, contract_files: Sequence[Path | str
     contracts = load_contracts(contract_files)
     migrations = load_migrations(settings.migrations)
     applied = [a.migration_id for a in history.read_applied(db)]
-    return check_contracts(db.connection, db.dialect, db.schema, contracts, migrations, applied,
+    return check_contracts(db, contracts, migrations, applied,
                            settings.compat.sqlite_view_template)

@@ -17,7 +17,13 @@ Finding kinds (``severity`` "error" unless noted; exit 1 when any error):
   gone from the schema (reverted by hand?).
 - ``drift``: the schema changed outside migrations (tables, columns, types,
   nullability, indexes).
-- ``shim-expired``: an active compat shim is past its expiry.
+- ``shim-expired``: an active compat shim is past its expiry (by the database's clock).
+- ``foreign-object``: a compat schema another role owns, or an object in one that is not a shim
+  view of the runner (consumers routed there would use it).
+- ``route-unusable``: a role routed to a compat schema cannot use it (no USAGE), so its sessions
+  silently read the new tables.
+- ``post-apply-pending``: a post-apply hook failed after migrations were applied; the next
+  `migrate up` runs it again.
 - ``no-snapshot`` / ``stale-snapshot`` (info): drift cannot be checked yet.
 """
 
@@ -28,15 +34,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner.snapshot import Change, diff_snapshots, latest_snapshot, take_snapshot
-
-OTHER_TOOLS = {
-    "goose_db_version": ("goose", "migrate adopt goose"),
-    "schema_migrations": ("golang-migrate (or Rails)", "migrate adopt golang-migrate"),
-    "alembic_version": ("Alembic", "migrate adopt alembic"),
-    "_yoyo_migration": ("yoyo's own CLI", "migrate adopt yoyo"),
-    "flyway_schema_history": ("Flyway", "migrate mark ID... (the versions Flyway applied)"),
-}
+from compat import routes
+from compat.declarations import declared_renames
+from compat.dialects import for_database
+from compat.registry import Registry
+from runner import adopt, history
+from runner.db import Database, transaction
+from runner.errors import UsageError
+from runner.lock import holder
+from runner.snapshot import Change, diff_snapshots, latest_snapshot, store_snapshot, take_snapshot
+from runner.sources import load_folder
+from runner.status import compute
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,8 @@ def _label(m: Any) -> str:
     return m.version_label or m.id
 
 
-def lock_finding(db: Any) -> Finding | None:
+def lock_finding(db: Database) -> Finding | None:
     """Who holds the runner's lock, with enough to find them."""
-    from runner.lock import holder
-
     who = holder(db)
     if who is None:
         return None
@@ -96,25 +102,25 @@ def lock_finding(db: Any) -> Finding | None:
     return Finding(
         "lock-held", f"pid {who.pid}",
         f"the migration lock is held by {who.describe()}; last statement: "
-        f"{' '.join((who.query or '').split())[:120]!r}: a migration run is in progress",
+        f"{' '.join((who.query or '').split())[:120]!r}"
+        + (": a migration run is in progress" if who.looks_like_runner else ""),
         f"wait for it; if that process is gone or stuck: SELECT pg_terminate_backend({who.pid}) "
         "(the lock is released with the session)")
 
 
-def not_managed_finding(db: Any) -> Finding:
+def not_managed_finding(db: Database) -> Finding:
     """The database has no runner history: say what it has and how to take it over."""
-    from runner import history
-
     where = f"schema {db.schema}" if db.schema else "the database"
-    for table, (tool, command) in OTHER_TOOLS.items():
-        if history.table_exists(db, table):
-            return Finding(
-                "not-managed", table,
-                f"the runner has never touched this database (no _migrate_history in {where}); it has {table}, "
-                f"so it was migrated with {tool}",
-                f"`{command}` shows how that history maps onto the migration files (dry run); add --yes to "
-                "record it" if command.startswith("migrate adopt") else f"`{command}`")
-    live = take_snapshot(db.connection, db.dialect, db.schema)
+    tool = adopt.foreign_tool(db)
+    if tool is not None:
+        command = tool.fix.strip("`").replace(" --yes", "")
+        return Finding(
+            "not-managed", tool.table,
+            f"the runner has never touched this database (no _migrate_history in {where}); it has {tool.table}, "
+            f"so it was migrated with {tool.tool}",
+            f"`{command}` shows how that history maps onto the migration files (dry run); add --yes to "
+            "record it" if command.startswith("migrate adopt") else tool.fix)
+    live = take_snapshot(db)
     if live["tables"] or live["views"]:
         return Finding(
             "not-managed", where,
@@ -139,10 +145,8 @@ def _who_did(migrations: Sequence[Any], change: Change) -> Any | None:
         expected, live = change.old or "", change.new or ""
         rx = re.compile(_RENAME_SQL.format(old=re.escape(live), new=re.escape(expected)), re.I)
         for m in reversed(list(migrations)):
-            for d in m.directives_named("compat"):
-                match = re.match(r"\s*rename\s+(\S+)\s*->\s*(\S+)", d.value)
-                if match and match.group(1).split(".")[-1] == live and match.group(2) == expected:
-                    return m
+            if any(d.table == table and d.old == live and d.new == expected for d in declared_renames(m)):
+                return m
             if any(rx.search(s.sql) for s in m.up):
                 return m
         return None
@@ -194,38 +198,49 @@ def schema_findings(changes: Sequence[Change], applied: Sequence[Any]) -> list[F
     return findings
 
 
-def shim_findings(db: Any) -> list[Finding]:
-    from runner.contracts import active_shims
-
+def shim_findings(db: Database, settings: Any) -> list[Finding]:
+    """Expired shims, compat schemas that are not the runner's, routes that do not work."""
     out = []
-    for shim in active_shims(db.connection, db.dialect, db.schema):
-        if shim.expired:
+    registry = Registry(db)
+    now = db.now()
+    for shim in registry.shims("active"):
+        if shim.expired(now):
             out.append(Finding(
                 "shim-expired", shim.name,
-                f"shim {shim.name} ({shim.table_name}.{shim.old_name} -> {shim.new_name}"
-                f"{', schema ' + shim.schema_name if shim.schema_name else ''}) expired at {shim.expires_at}: "
+                f"shim {shim.name} ({shim.table}.{shim.old} -> {shim.new}"
+                f"{', schema ' + shim.compat_schema if shim.compat_schema else ''}) expired at {shim.expires_at}: "
                 "consumers still reading the old names must have moved by now",
                 f"`migrate shims drop {shim.name}` once nobody uses it (`migrate shims audit` shows who), or "
                 f"`migrate shims extend {shim.name} --by 7d --reason \"...\"`"))
+    for schema, what in for_database(db).foreign_objects(db, settings, registry):
+        out.append(Finding(
+            "foreign-object", schema,
+            f"compat schema {schema} is not the runner's: {what}; consumers routed to {schema} would use it, and "
+            "`migrate up` refuses to put shims there",
+            f"find out who made it; drop it (DROP SCHEMA {schema} CASCADE, after checking what it holds) or the "
+            "foreign objects, then `migrate doctor` again"))
+    if for_database(db).search_path:
+        for route, why in routes.unusable(db):
+            out.append(Finding(
+                "route-unusable", route.role,
+                f"role {route.role} is routed to {route.compat_schema} but {why}",
+                f"`migrate shims route {route.role} --as-of {route.as_of}` again (it grants what the role needs), or "
+                f"`migrate shims route {route.role} --reset`"))
     return out
 
 
 # --------------------------------------------------------------------------- the whole check
 
-def diagnose(db: Any, settings: Any) -> Diagnosis:
+def diagnose(db: Database, settings: Any) -> Diagnosis:
     """Every check, on an open Database; read-only."""
-    from runner import history
-    from runner.sources import load_migrations
-    from runner.status import compute
-
     diagnosis = Diagnosis()
     lock = lock_finding(db)
     if lock:
         diagnosis.findings.append(lock)
-    if not history.table_exists(db, history.HISTORY):
+    if not db.table_exists(history.HISTORY):
         diagnosis.findings.append(not_managed_finding(db))
         return diagnosis
-    files = load_migrations(settings.migrations)
+    files, hooks = load_folder(settings.migrations)
     applied_rows = history.read_applied(db)
     state = compute(files, applied_rows)
     applied_ids = {a.migration_id for a in applied_rows}
@@ -247,9 +262,18 @@ def diagnose(db: Any, settings: Any) -> Diagnosis:
         diagnosis.findings.append(Finding(
             "missing-file", mid, f"{mid} is recorded as applied but its file is missing from {settings.migrations}",
             f"restore the file, or forget it with `migrate unmark {mid}`"))
+    due = [h.id for h in hooks] if history.post_apply_due(db, [h.id for h in hooks]) else []
+    if due:
+        diagnosis.findings.append(Finding(
+            "post-apply-pending", due[0],
+            f"post-apply hook(s) {', '.join(due)} have not run since the last migration was applied (a hook "
+            "failed?): what they build may be missing",
+            "fix the hook, then run `migrate up` (it runs the post-apply hooks again)"))
 
-    stored = latest_snapshot(db.connection, db.dialect, db.schema)
-    last_id = applied[-1].id if applied else (applied_rows[-1].migration_id if applied_rows else "")
+    stored = latest_snapshot(db)
+    # The snapshot is stored under the last migration a run applied: the last row of the history
+    # (its file may be gone; then the missing-file finding says so).
+    last_id = applied_rows[-1].migration_id if applied_rows else ""
     if stored is None:
         diagnosis.findings.append(Finding(
             "no-snapshot", last_id or "-",
@@ -265,9 +289,9 @@ def diagnose(db: Any, settings: Any) -> Diagnosis:
             "the next successful `migrate up` refreshes it; or `migrate snapshot` records the live schema now",
             "info"))
     else:
-        live = take_snapshot(db.connection, db.dialect, db.schema, settings.compat.sqlite_view_template)
+        live = take_snapshot(db, settings.compat.sqlite_view_template)
         diagnosis.findings.extend(schema_findings(diff_snapshots(stored.snapshot, live), applied))
-    diagnosis.findings.extend(shim_findings(db))
+    diagnosis.findings.extend(shim_findings(db, settings))
     if diagnosis.healthy:
         diagnosis.summary = (f"database is at {at} (head), no file modified or missing"
                              + (", schema matches the snapshot" if stored is not None and stored.migration_id == last_id
@@ -275,22 +299,13 @@ def diagnose(db: Any, settings: Any) -> Diagnosis:
     return diagnosis
 
 
-def record_snapshot(db: Any, settings: Any) -> str:
+def record_snapshot(db: Database, settings: Any) -> str:
     """Store the live schema as the expected shape of the last applied migration; returns its id."""
-    from runner import history
-    from runner.db import transaction
-    from runner.errors import UsageError
-    from runner.sources import load_migrations
-    from runner.snapshot import store_snapshot
-
-    if not history.table_exists(db, history.HISTORY):
+    if not db.table_exists(history.HISTORY):
         raise UsageError("snapshot: the runner has never touched this database (no _migrate_history): "
                          "run `migrate doctor` for what to do first")
-    files = load_migrations(settings.migrations)
-    applied_ids = {a.migration_id for a in history.read_applied(db)}
-    applied = [m.id for m in files if m.id in applied_ids]
-    last = applied[-1] if applied else ""
+    applied = history.read_applied(db)
+    last = applied[-1].migration_id if applied else ""  # the label diagnose() compares with
     with transaction(db):
-        store_snapshot(db.connection, db.dialect, db.schema, last,
-                       take_snapshot(db.connection, db.dialect, db.schema, settings.compat.sqlite_view_template))
+        store_snapshot(db, last, take_snapshot(db, settings.compat.sqlite_view_template))
     return last

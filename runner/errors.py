@@ -45,6 +45,12 @@ class DriftError(MigrateError):
     exit_code = NOT_AT_HEAD
 
 
+class UntrustedObject(MigrateError):
+    """An object the runner would use was not made by it (another role owns it): refused."""
+
+    exit_code = NOT_AT_HEAD
+
+
 class LockTimeout(MigrateError):
     exit_code = LOCK
 

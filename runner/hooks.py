@@ -1,35 +1,33 @@
-"""The extension point the executor calls around each migration.
+"""The extension point the engine calls around each migration.
 
-A hook runs inside the migration's own transaction (for transactional
-migrations), on the runner's connection, so whatever it creates commits or
-rolls back together with the migration and its bookkeeping rows. The compat
-package implements one (compatibility shims for declared renames).
+A hook runs inside the migration's own transaction (for transactional migrations), on the
+runner's connection, with the runner's own search_path, so whatever it creates commits or rolls
+back together with the migration and its bookkeeping rows. The compat package implements one
+(compatibility shims), :mod:`runner.snapshot` another (the expected schema after a run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runner.config import Settings
 from runner.migration import MigrationFile
+
+if TYPE_CHECKING:
+    from runner.db import Database
 
 
 @dataclass
 class MigrationContext:
     """What a hook gets to see about the migration being applied.
 
-    ``connection`` is the DB-API connection (psycopg 3 or sqlite3) inside the
-    open transaction; ``dialect`` is ``"postgresql"`` or ``"sqlite"``;
-    ``schema`` is the schema the runner's own tables live in (the connection's
-    ``current_schema()`` at start; None on SQLite); ``previous`` is the
-    migration ordered just before this one (None for the first);
-    ``direction`` is ``"apply"`` or ``"rollback"``.
+    ``db`` is the runner's :class:`runner.db.Database` inside the open transaction;
+    ``previous`` is the migration ordered just before this one (None for the first);
+    ``direction`` is ``"apply"``, ``"rollback"`` or ``"post-apply"``.
     """
 
-    connection: Any
-    dialect: str
-    schema: str | None
+    db: Database
     migration: MigrationFile
     previous: MigrationFile | None
     settings: Settings
@@ -39,7 +37,7 @@ class MigrationContext:
 class MigrationHook(Protocol):
     def wants(self, ctx: MigrationContext) -> bool:
         """Whether ``before``/``after`` have work for this migration (asked before its transaction
-        begins). When no hook wants a migration, the executor skips both and sends the migration,
+        begins). When no hook wants a migration, the engine skips both and sends the migration,
         its bookkeeping rows and COMMIT to PostgreSQL in one round trip.
         """
 

@@ -40,9 +40,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import ConfigError, MigrationFileError
+
+if TYPE_CHECKING:
+    from compat.model import Shim
+    from runner.db import Database
 from runner.logs import get_logger
 from runner.migration import MigrationFile
 
@@ -73,16 +77,6 @@ class LintFinding:
 
     def as_text(self) -> str:
         return f"{self.file}:{self.line}: {self.severity} [{self.rule}] {self.message}\n    fix: {self.fix}"
-
-
-@dataclass(frozen=True)
-class ExposedShim:
-    """An active shim: ``schema`` presents ``table`` with ``columns`` (base-table names)."""
-
-    name: str
-    schema: str
-    table: str
-    columns: frozenset[str]
 
 
 @dataclass
@@ -166,7 +160,7 @@ class _Linter:
     """Lints the statements of one migration."""
 
     def __init__(self, migration: MigrationFile, disabled: set[str], declared: set[tuple[str, str, str]],
-                 shims: Sequence[ExposedShim], server_version: int | None) -> None:
+                 shims: Sequence[Shim], server_version: int | None) -> None:
         self.m = migration
         self.disabled = disabled
         self.declared = declared
@@ -183,9 +177,9 @@ class _Linter:
     def existing(self, rel: Any) -> bool:
         return _relname(rel) not in self.created
 
-    def shim_exposing(self, table: str, column: str | None) -> ExposedShim | None:
+    def shim_exposing(self, table: str, column: str | None) -> Shim | None:
         for shim in self.shims:
-            if shim.table == table and (column is None or column in shim.columns):
+            if shim.table_name == table and (column is None or column in shim.exposed):
                 return shim
         return None
 
@@ -230,7 +224,7 @@ class _Linter:
                     shim = self.shim_exposing(table, None) if table else None
                     if shim:
                         self.add("shim-exposed-column", line,
-                                 f"DROP TABLE {table}: active shim {shim.name} still exposes it in schema {shim.schema}",
+                                 f"DROP TABLE {table}: active shim {shim.name} still exposes it in schema {shim.compat_schema}",
                                  f"drop the shim first (`migrate shims drop {shim.name}`) once its consumers "
                                  "have moved, or wait for it to expire")
         elif isinstance(stmt, ast.ReindexStmt):
@@ -313,8 +307,8 @@ class _Linter:
                     verb = "DROP COLUMN" if cmd.subtype == AT.AT_DropColumn else "ALTER COLUMN ... TYPE"
                     self.add("shim-exposed-column", line,
                              f"{verb} {table}.{cmd.name}: active shim {shim.name} still exposes this column in "
-                             f"schema {shim.schema}",
-                             f"wait until consumers leave {shim.schema}, then `migrate shims drop {shim.name}` "
+                             f"schema {shim.compat_schema}",
+                             f"wait until consumers leave {shim.compat_schema}, then `migrate shims drop {shim.name}` "
                              "before this migration")
             elif cmd.subtype == AT.AT_DetachPartition and isinstance(cmd.def_, ast.PartitionCmd) \
                     and cmd.def_.concurrent:
@@ -322,7 +316,7 @@ class _Linter:
 
 
 def lint_migration(migration: MigrationFile, settings_disable: Sequence[str] = (),
-                   renames: Sequence[dict[str, Any]] = (), shims: Sequence[ExposedShim] = (),
+                   renames: Sequence[dict[str, Any]] = (), shims: Sequence[Shim] = (),
                    server_version: int | None = None) -> list[LintFinding]:
     """Lint one SQL migration; raise MigrationFileError (exit 2) when pglast cannot parse it."""
     from pglast import parse_sql
@@ -383,7 +377,7 @@ def _skip_comments(sql: str, offset: int) -> int:
 
 
 def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Sequence[str] = (),
-                    renames: Sequence[dict[str, Any]] = (), shims: Sequence[ExposedShim] = (),
+                    renames: Sequence[dict[str, Any]] = (), shims: Sequence[Shim] = (),
                     server_version: int | None = None) -> LintReport:
     """Lint several migrations (Python migrations are listed as skipped)."""
     check_rule_names(settings_disable, "[lint] disable")
@@ -399,14 +393,8 @@ def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Seque
 
 # --------------------------------------------------------------------------- with a database
 
-def read_exposed_shims(connection: Any, schema: str | None) -> list[ExposedShim]:
-    """Active shims from the compat registry (PostgreSQL), with the base-table columns they expose.
+def read_active_shims(db: Database) -> list[Shim]:
+    """Active shims from the compat registry ([] when there is no registry)."""
+    from compat.registry import Registry
 
-    A shim view presents every column of its table as of the version before
-    the rename; its column names are mapped back to base-table names through
-    the renames. Returns [] when there is no registry.
-    """
-    from runner.contracts import active_shims
-
-    return [ExposedShim(s.name, s.schema_name or "?", s.table_name, frozenset(s.exposed or (s.new_name,)))
-            for s in active_shims(connection, "postgresql", schema)]
+    return Registry(db).shims("active")

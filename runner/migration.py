@@ -56,8 +56,9 @@ class MigrationFile:
     directives: list[Directive] = field(default_factory=list)
     up: list[Statement] = field(default_factory=list)
     down: list[Statement] = field(default_factory=list)
-    # For Python migrations: the loaded yoyo steps (apply and rollback callables).
+    # For Python migrations: the loaded yoyo steps (runner.yoyo_adapter), and whether any has a rollback.
     python_steps: list[Any] = field(default_factory=list)
+    python_rollback: bool = False
 
     def statements(self, direction: str) -> list[Statement]:
         """The SQL statements ``direction`` runs: ``down`` for a rollback, else ``up`` (apply, and a
@@ -69,6 +70,4 @@ class MigrationFile:
 
     @property
     def has_down(self) -> bool:
-        return bool(self.down) or any(
-            getattr(getattr(s, "step", s), "_rollback", None) for s in self.python_steps
-        )
+        return bool(self.down) or self.python_rollback

@@ -12,7 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner.errors import MigrateError
+from compat.registry import Registry
+from runner import history
+from runner.db import connect, one_line
+from runner.doctor import lock_finding
+from runner.errors import MigrateError, UsageError
+from runner.snapshot import diff_snapshots, latest_snapshot, take_snapshot
+from runner.sources import load_migrations
+from runner.status import compute
+from runner.urls import redact
 
 
 @dataclass
@@ -39,8 +47,6 @@ class EnvStatus:
 
 def parse_targets(values: Sequence[str], environments: dict[str, str]) -> list[tuple[str, str]]:
     """(name, url) pairs: a value is a configured environment name or a URL (named after its host/db)."""
-    from runner.urls import redact
-
     out: list[tuple[str, str]] = []
     if not values:
         return list(environments.items())
@@ -50,8 +56,6 @@ def parse_targets(values: Sequence[str], environments: dict[str, str]) -> list[t
         elif "://" in value:
             out.append((redact(value), value))
         else:
-            from runner.errors import UsageError
-
             known = ", ".join(sorted(environments)) or "none configured"
             raise UsageError(f"unknown environment '{value}' (configured: {known}; or give a database URL)")
     return out
@@ -59,21 +63,13 @@ def parse_targets(values: Sequence[str], environments: dict[str, str]) -> list[t
 
 def env_status(name: str, url: str, settings: Any, files: Sequence[Any]) -> EnvStatus:
     """Check one environment; never raises for database errors (they go in ``error``)."""
-    from runner import history
-    from runner.contracts import active_shims
-    from runner.db import connect
-    from runner.doctor import lock_finding
-    from runner.snapshot import diff_snapshots, latest_snapshot, take_snapshot
-    from runner.status import compute
-    from runner.urls import redact
-
     row = EnvStatus(name=name, url=redact(url))
     try:
-        with connect(url) as db:
+        with connect(url, schema=settings.schema, read_only=True) as db:
             row.reachable = True
             lock = lock_finding(db)
             row.lock_holder = lock.object if lock else None
-            if not history.table_exists(db, history.HISTORY):
+            if not db.table_exists(history.HISTORY):
                 row.managed = False
                 row.error = "never migrated by the runner: run `migrate doctor` against it"
                 return row
@@ -85,24 +81,21 @@ def env_status(name: str, url: str, settings: Any, files: Sequence[Any]) -> EnvS
             row.pending_ids = list(state.pending)
             row.pending = len(state.pending)
             row.drift = [f"modified {m.id}" for m in state.modified] + [f"missing {m}" for m in state.missing]
-            stored = latest_snapshot(db.connection, db.dialect, db.schema)
+            stored = latest_snapshot(db)
             if stored is not None and row.head_applied and stored.migration_id == row.head_applied:
-                live = take_snapshot(db.connection, db.dialect, db.schema, settings.compat.sqlite_view_template)
+                live = take_snapshot(db, settings.compat.sqlite_view_template)
                 row.drift += [c.detail for c in diff_snapshots(stored.snapshot, live)]
-            row.expired_shims = [s.name for s in active_shims(db.connection, db.dialect, db.schema) if s.expired]
+            now = db.now()
+            row.expired_shims = [s.name for s in Registry(db).shims("active") if s.expired(now)]
     except MigrateError as err:
         row.error = str(err)
     except Exception as err:  # noqa: BLE001 - one environment's failure must not stop the others
-        from runner.db import one_line
-
         row.error = f"{type(err).__name__}: {one_line(err, url)}"
     return row
 
 
 def status_rows(targets: Sequence[tuple[str, str]], settings: Any) -> list[EnvStatus]:
     """Status of each (name, url), in the given order; migration files are read once."""
-    from runner.sources import load_migrations
-
     files = load_migrations(settings.migrations)
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
         return list(pool.map(lambda t: env_status(t[0], t[1], settings, files), targets))

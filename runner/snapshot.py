@@ -7,8 +7,8 @@ A snapshot is a plain JSON-able dict read from the catalog (never a dump):
      "views":   {"v": {"columns": [...]}},
      "indexes": {"t_pkey": {"table": "t", "definition": "CREATE UNIQUE INDEX ..."}}}
 
-What is covered: the schema the runner's own tables live in (PostgreSQL:
-``current_schema()`` at connect; SQLite: the main database). What is left out:
+What is covered: the schema the runner's own tables live in (PostgreSQL: the
+``schema`` setting, default ``public``; SQLite: the main database). What is left out:
 the runner's and yoyo's tables (``_migrate_*``, ``_yoyo_*``, ``yoyo_lock``),
 other tools' history tables (``goose_db_version``, ``schema_migrations``,
 ``alembic_version``), compat shims (on PostgreSQL they live in their own
@@ -26,16 +26,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.hooks import MigrationContext
 from runner.logs import get_logger
 from runner.migration import POST_APPLY
 
+if TYPE_CHECKING:
+    from runner.db import Database
+
 log = get_logger("migrate.snapshot")
 
-SNAPSHOT_TABLE = "_migrate_snapshot"
+TABLE = "_migrate_snapshot"
+TABLES = (TABLE, f"{TABLE}_id_seq")
 SNAPSHOT_FORMAT = 1
 _RUNNER_PREFIXES = ("_migrate_", "_yoyo_", "sqlite_")
 _RUNNER_TABLES = {"yoyo_lock", "goose_db_version", "schema_migrations", "alembic_version"}
@@ -67,134 +70,45 @@ def sqlite_shim_pattern(template: str) -> re.Pattern[str]:
 
 # --------------------------------------------------------------------------- taking
 
-_PG_COLUMNS = """
-SELECT c.relname, c.relkind, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)
-  AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-ORDER BY c.relname, a.attnum
-"""
-
-_PG_INDEXES = """
-SELECT i.relname, t.relname, pg_catalog.pg_get_indexdef(i.oid)
-FROM pg_catalog.pg_index x
-JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
-WHERE t.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)
-ORDER BY i.relname
-"""
-
-_KINDS = {"r": "table", "p": "partitioned table", "f": "foreign table", "v": "view", "m": "materialized view"}
-
-
-def take_snapshot(connection: Any, dialect: str, schema: str | None,
-                  sqlite_view_template: str = "{table}__v{version}") -> Snapshot:
-    """Read the shape of the managed schema from the catalog (two queries on PostgreSQL, two on SQLite)."""
-    if dialect == "postgresql":
-        return _take_pg(connection, schema or "public")
-    if dialect == "sqlite":
-        return _take_sqlite(connection, sqlite_shim_pattern(sqlite_view_template))
-    raise ValueError(f"unsupported dialect {dialect!r}")
-
-
-def _empty(dialect: str, schema: str | None) -> Snapshot:
-    return {"format": SNAPSHOT_FORMAT, "dialect": dialect, "schema": schema,
-            "tables": {}, "views": {}, "indexes": {}}
-
-
-def _take_pg(connection: Any, schema: str) -> Snapshot:
-    snap = _empty("postgresql", schema)
-    cur = connection.cursor()
-    cur.execute(_PG_COLUMNS, (schema,))
-    for relname, relkind, attname, typ, notnull, attnum in cur.fetchall():
-        if is_excluded_name(relname):
+def take_snapshot(db: Database, sqlite_view_template: str = "{table}__v{version}") -> Snapshot:
+    """Read the shape of the managed schema from the catalog (two queries)."""
+    shim = sqlite_shim_pattern(sqlite_view_template)
+    snap: Snapshot = {"format": SNAPSHOT_FORMAT, "dialect": db.dialect.name, "schema": db.schema,
+                      "tables": {}, "views": {}, "indexes": {}}
+    for relname, kind, column, typ, notnull, num in db.dialect.catalog_columns(db, db.schema):
+        # A database without schemas (SQLite) keeps its shims beside the tables, as views named by
+        # the template; elsewhere they live in compat schemas, outside the managed schema.
+        if is_excluded_name(relname) or (kind == "view" and db.schema is None and shim.match(relname)):
             continue
-        kind = _KINDS[relkind]
-        bucket = snap["views"] if relkind in ("v", "m") else snap["tables"]
+        bucket = snap["views"] if kind in ("view", "materialized view") else snap["tables"]
         entry = bucket.get(relname)
         if entry is None:
             entry = bucket[relname] = {"kind": kind, "columns": []}
-        entry["columns"].append({"name": attname, "type": typ, "nullable": not notnull, "num": attnum})
-    cur.execute(_PG_INDEXES, (schema,))
-    for index, table, definition in cur.fetchall():
+        entry["columns"].append({"name": column, "type": typ, "nullable": not notnull, "num": num})
+    for index, table, definition in db.dialect.catalog_indexes(db, db.schema):
         if is_excluded_name(table) or is_excluded_name(index):
             continue
         snap["indexes"][index] = {"table": table, "definition": definition}
     return snap
 
 
-def _take_sqlite(connection: Any, shim: re.Pattern[str]) -> Snapshot:
-    snap = _empty("sqlite", None)
-    rows = connection.execute(
-        "SELECT m.name, m.type, p.name, p.type, p.\"notnull\", p.cid "
-        "FROM sqlite_master m JOIN pragma_table_info(m.name) p "
-        "WHERE m.type IN ('table', 'view') ORDER BY m.name, p.cid"
-    ).fetchall()
-    for relname, kind, col, typ, notnull, cid in rows:
-        if is_excluded_name(relname) or (kind == "view" and shim.match(relname)):
-            continue
-        bucket = snap["views"] if kind == "view" else snap["tables"]
-        entry = bucket.get(relname)
-        if entry is None:
-            entry = bucket[relname] = {"kind": kind, "columns": []}
-        entry["columns"].append({"name": col, "type": (typ or "").lower(), "nullable": not notnull, "num": cid + 1})
-    # Tables without columns do not exist in SQLite; views with no rows in
-    # pragma_table_info (broken views) are left out, as they cannot be read anyway.
-    for name, table, definition in connection.execute(
-        "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
-    ).fetchall():
-        if is_excluded_name(table) or is_excluded_name(name):
-            continue
-        snap["indexes"][name] = {"table": table, "definition": definition or f"(implicit index on {table})"}
-    return snap
-
-
 # --------------------------------------------------------------------------- storing
 
-def _qualified(dialect: str, schema: str | None) -> Any:
-    if dialect == "postgresql":
-        from psycopg import sql
-
-        return sql.Identifier(schema or "public", SNAPSHOT_TABLE)
-    return '"' + SNAPSHOT_TABLE + '"'
-
-
-def ensure_snapshot_table(connection: Any, dialect: str, schema: str | None) -> None:
+def _ensure_table(db: Database) -> None:
     """Create ``_migrate_snapshot`` if it is missing (inside the caller's transaction)."""
-    if dialect == "postgresql":
-        from psycopg import sql
-
-        if not snapshot_table_exists(connection, dialect, schema):
-            connection.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, migration_id text NOT NULL, "
-                "taken_at timestamptz NOT NULL DEFAULT now(), snapshot jsonb NOT NULL)"
-            ).format(_qualified(dialect, schema)))
-    else:
-        connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {_qualified(dialect, schema)} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "migration_id TEXT NOT NULL, taken_at TEXT NOT NULL, snapshot TEXT NOT NULL)"
-        )
+    if not db.table_exists(TABLE):
+        db.execute(f"CREATE TABLE IF NOT EXISTS {db.qualify(TABLE)} (id {db.dialect.types['serial_key']}, "
+                   f"migration_id text NOT NULL, taken_at {db.dialect.types['timestamp']} NOT NULL {db.dialect.types['now_default']}, "
+                   f"snapshot {db.dialect.types['json']} NOT NULL)")
 
 
-def store_snapshot(connection: Any, dialect: str, schema: str | None, migration_id: str,
-                   snapshot: Snapshot) -> None:
+def store_snapshot(db: Database, migration_id: str, snapshot: Snapshot) -> None:
     """Insert ``snapshot`` as the expected shape after ``migration_id`` (caller's transaction)."""
-    ensure_snapshot_table(connection, dialect, schema)
+    _ensure_table(db)
     payload = json.dumps(snapshot, sort_keys=True, separators=(",", ":"))
-    if dialect == "postgresql":
-        from psycopg import sql
-
-        connection.cursor().execute(
-            sql.SQL("INSERT INTO {} (migration_id, snapshot) VALUES (%s, %s::jsonb)").format(
-                _qualified(dialect, schema)),
-            (migration_id, payload),
-        )
-    else:
-        connection.execute(
-            f"INSERT INTO {_qualified(dialect, schema)} (migration_id, taken_at, snapshot) VALUES (?, ?, ?)",
-            (migration_id, datetime.now(timezone.utc).isoformat(), payload),
-        )
+    db.execute(f"INSERT INTO {db.qualify(TABLE)} (migration_id, taken_at, snapshot) "
+               f"VALUES (%s, %s, {db.dialect.types['json_param']})",
+               (migration_id, db.dialect.ts_in(db.now()), payload))
 
 
 @dataclass
@@ -206,29 +120,15 @@ class StoredSnapshot:
     snapshot: Snapshot
 
 
-def snapshot_table_exists(connection: Any, dialect: str, schema: str | None) -> bool:
-    from runner.db import table_exists
-
-    return table_exists(connection, dialect, schema, SNAPSHOT_TABLE)
-
-
-def latest_snapshot(connection: Any, dialect: str, schema: str | None) -> StoredSnapshot | None:
+def latest_snapshot(db: Database) -> StoredSnapshot | None:
     """The most recently stored snapshot, or None (no table, or no rows)."""
-    if not snapshot_table_exists(connection, dialect, schema):
+    if not db.table_exists(TABLE):
         return None
-    query = "SELECT migration_id, taken_at, snapshot FROM {} ORDER BY id DESC LIMIT 1"
-    if dialect == "postgresql":
-        from psycopg import sql
-
-        cur = connection.cursor()
-        cur.execute(sql.SQL(query).format(_qualified(dialect, schema)))
-        row = cur.fetchone()
-    else:
-        row = connection.execute(query.format(_qualified(dialect, schema))).fetchone()
+    row = db.execute(f"SELECT migration_id, taken_at, snapshot FROM {db.qualify(TABLE)} ORDER BY id DESC LIMIT 1"
+                     ).fetchone()
     if row is None:
         return None
-    data = row[2] if isinstance(row[2], dict) else json.loads(row[2])
-    return StoredSnapshot(row[0], row[1], data)
+    return StoredSnapshot(row[0], db.dialect.ts_out(row[1]), db.dialect.json_out(row[2]))
 
 
 # --------------------------------------------------------------------------- the hook
@@ -296,9 +196,8 @@ class SnapshotHook:
             label = ctx.previous.id if ctx.previous is not None else ""
         else:
             label = ctx.migration.id
-        template = ctx.settings.compat.sqlite_view_template if ctx.settings is not None else "{table}__v{version}"
-        snap = take_snapshot(ctx.connection, ctx.dialect, ctx.schema, template)
-        store_snapshot(ctx.connection, ctx.dialect, ctx.schema, label, snap)
+        snap = take_snapshot(ctx.db, ctx.settings.compat.sqlite_view_template)
+        store_snapshot(ctx.db, label, snap)
         log.debug("snapshot stored", migration=label, tables=len(snap["tables"]))
 
 

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from runner import pysteps
+from runner import yoyo_adapter
 from runner.errors import ConfigError, MigrationFileError
 from runner.goose import is_goose, parse_goose
 from runner.migration import POST_APPLY, MigrationFile
@@ -130,7 +130,7 @@ def read_migration(path: str | Path, has_rollback_file: bool | None = None) -> M
         version_label=match.group(1) if match else None,
     )
     if suffix == "py":
-        pysteps.load(migration, text)
+        yoyo_adapter.load_python(migration, text)
         return migration
     migration.directives = header_directives(text)
     if is_goose(text):
@@ -174,8 +174,6 @@ def _check_unique(migrations: list[MigrationFile]) -> None:
 
 
 def _sort_by_depends(migrations: list[MigrationFile]) -> list[MigrationFile]:
-    from yoyo.topologicalsort import CycleError, topological_sort
-
     ids = {m.id: m for m in migrations}
     for m in migrations:
         for dep in m.depends:
@@ -183,7 +181,7 @@ def _sort_by_depends(migrations: list[MigrationFile]) -> list[MigrationFile]:
                 raise MigrationFileError(m.path, f"depends on unknown migration '{dep}'")
     graph = {m.id: {d for d in m.depends} for m in migrations}
     try:
-        order = list(topological_sort([m.id for m in migrations], graph))
-    except CycleError as err:
-        raise MigrationFileError(migrations[0].path, f"circular depends among: {', '.join(map(str, err.args[1]))}") from None
+        order = yoyo_adapter.topological_order([m.id for m in migrations], graph)
+    except ValueError as cycle:
+        raise MigrationFileError(migrations[0].path, f"circular depends among: {cycle}") from None
     return [ids[i] for i in order]

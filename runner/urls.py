@@ -1,11 +1,17 @@
-"""Database URLs: accept what users paste, map it to yoyo's schemes, redact passwords."""
+"""Database URLs: parsed once, into the one record every connection is made from.
+
+Accepted: ``postgresql://``, ``postgres://``, ``postgresql+psycopg://`` (and yoyo's spellings)
+and ``sqlite:///relative.db`` / ``sqlite:////absolute.db``. For PostgreSQL the URL is turned
+into ``psycopg.connect`` keyword arguments as libpq reads a URL (user, password, host, port and
+database percent-decoded; query parameters passed on); yoyo's own ``schema=`` argument is kept
+apart as the search_path migrations run with.
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from runner.errors import ConfigError
 
@@ -15,62 +21,38 @@ _DEFAULT_ARGS = {"connect_timeout": "10", "application_name": "migrate"}
 
 @dataclass(frozen=True)
 class DatabaseURL:
-    """A parsed database URL. ``yoyo_url`` is what yoyo's backends understand."""
+    """A parsed database URL.
+
+    ``connect_args``: PostgreSQL keyword arguments for ``psycopg.connect`` (without yoyo's
+    ``schema``); ``search_path``: the URL's ``schema=`` value (a search_path, as yoyo reads it);
+    ``sqlite_path``: the SQLite file. ``redacted`` is the URL with any password hidden, the only
+    form ever shown.
+    """
 
     dialect: str  # "postgresql" | "sqlite"
-    yoyo_url: str
     redacted: str
+    connect_args: dict[str, Any] = field(default_factory=dict, repr=False)
+    search_path: str | None = None
     sqlite_path: str | None = None
 
-    def connect_args(self) -> dict[str, Any]:
-        """PostgreSQL: the keyword arguments for ``psycopg.connect``, as yoyo's backend builds them
-        (query arguments, then user, password, port and host from the URL), percent-decoded as
-        libpq decodes a URL."""
-        parts = urlsplit(self.yoyo_url)
-        args: dict[str, Any] = {"dbname": unquote(parts.path[1:]) or None, **dict(parse_qsl(parts.query))}
-        if parts.username is not None:
-            args["user"] = unquote(parts.username)
-        if parts.password is not None:
-            args["password"] = unquote(parts.password)
-        if parts.port is not None:
-            args["port"] = parts.port
-        if parts.hostname is not None:
-            args["host"] = parts.hostname
-        return args
+    @property
+    def application_name(self) -> str:
+        return str(self.connect_args.get("application_name", ""))
 
 
 def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        password = None
-        parts = None
-    if parts is not None and password is not None:
-        netloc = parts.netloc
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        return urlunsplit((parts.scheme, f"{user}:***@{hostinfo}", parts.path, _redact_query(parts.query), parts.fragment))
-    # Unparseable (a password with "/", "?" or "#" not percent-encoded, or no scheme at all):
-    # strip anything between "user:" and the last "@", and password= parameters.
-    if "://" in url:
-        url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    else:
-        url = re.sub(r"^([^:/@\s]*:)[^@\s]*@", r"\1***@", url)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", url, flags=re.I)
+    """``url`` with any password replaced by ``***`` (see :mod:`runner.secrets`)."""
+    from runner.secrets import redact_url
 
-
-def _redact_query(query: str) -> str:
-    return re.sub(r"(password=)[^&]*", r"\1***", query, flags=re.I)
+    return redact_url(url)
 
 
 def parse_url(url: str) -> DatabaseURL:
-    """Validate ``url`` and normalise it; raises ConfigError naming what is wrong."""
+    """Validate ``url`` and parse it; raises ConfigError naming what is wrong (password redacted)."""
     shown = redact(url)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - validates the port
+        port = parts.port
     except ValueError:
         # Not the parser's own text: it can quote part of the password.
         raise ConfigError(
@@ -79,20 +61,29 @@ def parse_url(url: str) -> DatabaseURL:
         ) from None
     scheme = parts.scheme.lower()
     if scheme in _PG_SCHEMES:
-        if not parts.hostname and "host=" not in parts.query:
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if not parts.hostname and "host" not in query:
             raise ConfigError(f"malformed database URL {shown}: no host (expected postgresql://user@host:5432/dbname)")
-        args = dict(_DEFAULT_ARGS)
-        args.update(parse_qsl(parts.query))
-        yoyo = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(args), ""))
-        return DatabaseURL("postgresql", yoyo, shown)
+        args: dict[str, Any] = dict(_DEFAULT_ARGS)
+        args.update(query)
+        search_path = args.pop("schema", None)
+        args["dbname"] = unquote(parts.path[1:]) or args.get("dbname") or None
+        if parts.username is not None:
+            args["user"] = unquote(parts.username)
+        if parts.password is not None:
+            args["password"] = unquote(parts.password)
+        if port is not None:
+            args["port"] = port
+        if parts.hostname is not None:
+            args["host"] = unquote(parts.hostname)
+        return DatabaseURL("postgresql", shown, args, search_path=search_path or None)
     if scheme == "sqlite":
         path = parts.path
         if parts.netloc or not path or path == "/":
             raise ConfigError(
                 f"malformed database URL {shown}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
-        file_path = path[1:]
-        return DatabaseURL("sqlite", f"sqlite:///{file_path}", shown, sqlite_path=file_path)
+        return DatabaseURL("sqlite", shown, sqlite_path=path[1:])
     if not scheme:
         raise ConfigError(f"malformed database URL {shown}: no scheme (expected postgresql://... or sqlite:///...)")
     raise ConfigError(f"unsupported database URL scheme '{scheme}' in {shown} (supported: postgresql, sqlite)")

@@ -1,4 +1,4 @@
-"""compat.commands: list, audit, drop (refusing while in use), extend, connect_info, route."""
+"""compat.lifecycle and compat.routes: list, audit, drop (refusing while in use), extend, connect_info, route."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from compat import commands
+from compat import lifecycle, routes
+from runner.config import Settings
 from conftest import url_as
 from runner.db import connect
 from runner.errors import UsageError
@@ -37,15 +38,15 @@ def role_path(conn, role):
 
 
 def test_list_and_summary(shimmed):
-    (shim,) = commands.list_shims(shimmed)
+    (shim,) = lifecycle.list_shims(shimmed)
     data = shim.to_json()
     assert {k: data[k] for k in ("name", "table", "old", "new", "schema", "status")} == {
         "name": SHIM, "table": f"public.{TABLE}", "old": "execution_bundle", "new": "container_image",
         "schema": "compat_017", "status": "active"}
     assert datetime.fromisoformat(data["expires_at"]) > datetime.now(timezone.utc) + timedelta(days=13)
-    (summary,) = commands.active_summary(shimmed)
+    (summary,) = lifecycle.active_summary(shimmed)
     assert summary["name"] == SHIM and summary["expires_at"] == data["expires_at"]
-    assert commands.list_shims(shimmed, "dropped") == []
+    assert lifecycle.list_shims(shimmed, "dropped") == []
 
 
 def test_audit_expiry(pg_conn, pg_url):
@@ -54,24 +55,24 @@ def test_audit_expiry(pg_conn, pg_url):
     r.apply(m018(DIRECTIVE_018.replace("window=14d", "window=1s")))
     with connect(pg_url) as db:
         time.sleep(2)
-        report = commands.audit(db, timedelta(days=7))
+        report = lifecycle.audit(db, timedelta(days=7))
         assert not report.ok and [s.name for s in report.expired] == [SHIM] and report.expiring == []
-        with pytest.raises(commands.ShimsExpired) as err:
-            commands.check_not_expired(db)
+        with pytest.raises(lifecycle.ShimsExpired) as err:
+            lifecycle.check_not_expired(db)
         assert err.value.exit_code == 1 and SHIM in str(err.value)
 
 
 def test_audit_warns_about_soon_expiring(shimmed):
-    assert commands.audit(shimmed, timedelta(days=7)).expiring == []
-    report = commands.audit(shimmed, timedelta(days=15))
+    assert lifecycle.audit(shimmed, timedelta(days=7)).expiring == []
+    report = lifecycle.audit(shimmed, timedelta(days=15))
     assert report.ok and [s.name for s in report.expiring] == [SHIM]
-    commands.check_not_expired(shimmed)
+    lifecycle.check_not_expired(shimmed)
 
 
 def test_audit_without_registry(pg_url):
     with connect(pg_url) as db:
-        report = commands.audit(db)
-        assert report.ok and report.active == [] and commands.list_shims(db) == []
+        report = lifecycle.audit(db)
+        assert report.ok and report.active == [] and lifecycle.list_shims(db) == []
 
 
 def test_drop_refuses_while_a_session_holds_the_view_then_drops(shimmed, pg_url, pg_conn):
@@ -80,24 +81,24 @@ def test_drop_refuses_while_a_session_holds_the_view_then_drops(shimmed, pg_url,
         old.execute("BEGIN")
         old.execute(f"SELECT execution_bundle FROM {TABLE} LIMIT 1").fetchall()
         pid = old.info.backend_pid
-        with pytest.raises(commands.ShimInUse) as err:
-            commands.drop(shimmed, [SHIM])
+        with pytest.raises(lifecycle.ShimInUse) as err:
+            lifecycle.drop(shimmed, [SHIM])
         message = str(err.value)
         assert f"pid {pid} (postgres, billing-v017@" in message and "AccessShareLock" in message
         assert "column execution_bundle does not exist" in message and "--force" in message
         assert err.value.exit_code == 3
         old.execute("COMMIT")
-        report = commands.drop(shimmed, [SHIM], reason="all consumers on 018")
+        report = lifecycle.drop(shimmed, [SHIM], reason="all consumers on 018")
         assert [s.status for s in report.dropped] == ["dropped"] and report.schemas_dropped == ["compat_017"]
         # the old consumer now falls through to the table and gets a clear error
         with pytest.raises(psycopg.errors.UndefinedColumn, match='column "execution_bundle" does not exist'):
             old.execute(f"SELECT execution_bundle FROM {TABLE}")
-    (shim,) = commands.list_shims(shimmed)
+    (shim,) = lifecycle.list_shims(shimmed)
     assert (shim.status, shim.reason) == ("dropped", "all consumers on 018")
     assert shim.dropped_by.startswith("postgres (") and shim.dropped_at is not None
     assert pg_conn.execute("SELECT to_regnamespace('compat_017')").fetchone()[0] is None
     with pytest.raises(UsageError, match="already dropped"):
-        commands.drop(shimmed, [SHIM])
+        lifecycle.drop(shimmed, [SHIM])
 
 
 def test_drop_force_and_lock_timeout(shimmed, pg_url):
@@ -105,11 +106,11 @@ def test_drop_force_and_lock_timeout(shimmed, pg_url):
         old.execute("BEGIN")
         old.execute(f"SELECT * FROM {TABLE}").fetchall()
         started = time.monotonic()
-        with pytest.raises(commands.ShimInUse, match="still in use"):
-            commands.drop(shimmed, [SHIM], force=True, lock_timeout=timedelta(milliseconds=300))
+        with pytest.raises(lifecycle.ShimInUse, match="still in use"):
+            lifecycle.drop(shimmed, [SHIM], force=True, lock_timeout=timedelta(milliseconds=300))
         assert time.monotonic() - started < 5
         old.execute("ROLLBACK")
-    report = commands.drop(shimmed, ["compat_017"], force=True)  # a compat schema names all its shims
+    report = lifecycle.drop(shimmed, ["compat_017"], force=True)  # a compat schema names all its shims
     assert [s.name for s in report.dropped] == [SHIM]
 
 
@@ -119,27 +120,27 @@ def test_drop_expired_and_unknown(pg_conn, pg_url):
     r.apply(m018(DIRECTIVE_018.replace("window=14d", "window=1s")))
     with connect(pg_url) as db:
         with pytest.raises(UsageError, match=rf"no active shim named nope \(active shims: {SHIM}\)"):
-            commands.drop(db, ["nope"])
+            lifecycle.drop(db, ["nope"])
         with pytest.raises(UsageError, match="--expired"):
-            commands.drop(db)
+            lifecycle.drop(db)
         time.sleep(1.5)
-        report = commands.drop(db, expired=True)
+        report = lifecycle.drop(db, expired=True)
         assert [s.reason for s in report.dropped] == ["expired"]
-        assert commands.drop(db, expired=True).dropped == []
+        assert lifecycle.drop(db, expired=True).dropped == []
 
 
 def test_extend(shimmed):
-    (before,) = commands.list_shims(shimmed)
+    (before,) = lifecycle.list_shims(shimmed)
     with pytest.raises(UsageError, match="--reason"):
-        commands.extend(shimmed, SHIM, by=timedelta(days=7), reason=" ")
+        lifecycle.extend(shimmed, SHIM, by=timedelta(days=7), reason=" ")
     with pytest.raises(UsageError, match="exactly one"):
-        commands.extend(shimmed, SHIM, reason="x")
+        lifecycle.extend(shimmed, SHIM, reason="x")
     with pytest.raises(UsageError, match="in the past"):
-        commands.extend(shimmed, SHIM, until=datetime(2020, 1, 1, tzinfo=timezone.utc), reason="x")
-    (after,) = commands.extend(shimmed, SHIM, by=timedelta(days=7), reason="billing still on 017")
+        lifecycle.extend(shimmed, SHIM, until=datetime(2020, 1, 1, tzinfo=timezone.utc), reason="x")
+    (after,) = lifecycle.extend(shimmed, SHIM, by=timedelta(days=7), reason="billing still on 017")
     assert after.expires_at == before.expires_at + timedelta(days=7)
     until = datetime(2099, 1, 1, tzinfo=timezone.utc)
-    (after2,) = commands.extend(shimmed, SHIM, until=until, reason="freeze")
+    (after2,) = lifecycle.extend(shimmed, SHIM, until=until, reason="freeze")
     assert after2.expires_at == until
     history = after2.extensions
     assert [(h["reason"], h["to"]) for h in history] == [
@@ -150,14 +151,14 @@ def test_extend(shimmed):
 def test_connect_info(shimmed, pg_url, make_role):
     role = make_role(password="s3cret-pw")
     url = url_as(pg_url, role, "s3cret-pw")
-    info = commands.connect_info(shimmed, "017", url)
+    info = routes.connect_info(shimmed, "017", Settings(database=url))
     assert info.search_path == "compat_017,public" and info.schema == "compat_017" and info.shims == [SHIM]
     assert "s3cret-pw" not in info.url and ":***@" in info.url
     assert info.url.endswith("options=-c%20search_path%3Dcompat_017%2Cpublic")
     # the URL works once the password is put back (libpq parses options=)
     with psycopg.connect(info.url.replace("***", "s3cret-pw"), autocommit=True) as c:
         assert c.execute("SHOW search_path").fetchone()[0] == "compat_017,public"
-    ahead = commands.connect_info(shimmed, "019", pg_url)
+    ahead = routes.connect_info(shimmed, "019", Settings(database=pg_url))
     assert ahead.schema == "compat_019" and ahead.shims == [] and "safe to deploy before the rename" in ahead.note
 
 
@@ -166,16 +167,16 @@ def test_route_and_undo_on_drop(shimmed, pg_url, pg_conn, make_role):
     pg_conn.execute(sql.SQL("GRANT SELECT, UPDATE ON {} TO {}").format(sql.Identifier(TABLE), sql.Identifier(role)))
     pg_conn.execute(sql.SQL("GRANT SELECT, UPDATE ON compat_017.{} TO {}").format(sql.Identifier(TABLE), sql.Identifier(role)))
     pg_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA compat_017 TO {}").format(sql.Identifier(role)))
-    route = commands.route(shimmed, role, "017")
+    route = routes.route(shimmed, role, "017")
     assert route.search_path == 'compat_017, "$user", public' and route.previous_setting is None
     assert role_path(pg_conn, role) == ['search_path=compat_017, "$user", public']
     # a lagging service connecting as that role needs no change at all
     with psycopg.connect(url_as(pg_url, role), autocommit=True) as svc:
         cur = svc.execute(f"SELECT * FROM {TABLE}")
         assert [d.name for d in cur.description] == COLUMNS_017
-        with pytest.raises(commands.ShimInUse, match=f"role {role} is routed to compat_017"):
-            commands.drop(shimmed, [SHIM])
-    report = commands.drop(shimmed, [SHIM])
+        with pytest.raises(lifecycle.ShimInUse, match=f"role {role} is routed to compat_017"):
+            lifecycle.drop(shimmed, [SHIM])
+    report = lifecycle.drop(shimmed, [SHIM])
     assert [r.role for r in report.routes_undone] == [role]
     assert role_path(pg_conn, role) is None
     (undone,) = shimmed_routes(shimmed)
@@ -183,23 +184,21 @@ def test_route_and_undo_on_drop(shimmed, pg_url, pg_conn, make_role):
 
 
 def shimmed_routes(db):
-    from compat.registry import Registry
-
-    return Registry(db.connection, db.dialect, db.schema).routes()
+    return routes.routes(db)
 
 
 def test_route_restores_a_previous_setting_and_unroute(shimmed, pg_conn, make_role):
     role = make_role()
     pg_conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path TO app, public").format(
         sql.Identifier(role), sql.Identifier(pg_conn.info.dbname)))
-    route = commands.route(shimmed, role, "017")
+    route = routes.route(shimmed, role, "017")
     assert route.previous_setting == "app, public" and route.search_path == "compat_017, app, public"
-    commands.unroute(shimmed, role)
+    routes.unroute(shimmed, role)
     assert role_path(pg_conn, role) == ["search_path=app, public"]
     with pytest.raises(UsageError, match="no active route"):
-        commands.unroute(shimmed, role)
+        routes.unroute(shimmed, role)
     with pytest.raises(UsageError, match="role nobody_here does not exist"):
-        commands.route(shimmed, "nobody_here", "017")
+        routes.route(shimmed, "nobody_here", "017")
 
 
 def test_sqlite_commands(tmp_path):
@@ -208,22 +207,22 @@ def test_sqlite_commands(tmp_path):
     story_to_017(r)
     r.apply(m018())
     with connect(f"sqlite:///{path}") as db:
-        (shim,) = commands.list_shims(db)
+        (shim,) = lifecycle.list_shims(db)
         assert shim.name == f"{TABLE}__v017"
-        commands.extend(db, shim.name, by=timedelta(days=1), reason="r")
+        lifecycle.extend(db, shim.name, by=timedelta(days=1), reason="r")
         with pytest.raises(UsageError, match="SQLite has no schemas"):
-            commands.connect_info(db, "017", f"sqlite:///{path}")
-        report = commands.drop(db, [shim.name])
+            routes.connect_info(db, "017", f"sqlite:///{path}")
+        report = lifecycle.drop(db, [shim.name])
         assert report.dropped[0].status == "dropped"
         assert not db.connection.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (shim.name,)).fetchone()
-        assert commands.audit(db).ok
+        assert lifecycle.audit(db).ok
 
 
 def test_pg_stat_statements_evidence_is_reported_not_fatal(shimmed, pg_conn):
     """Installed but not preloaded here: the drop still works and says why it could not look."""
     pg_conn.execute("CREATE EXTENSION pg_stat_statements")
     preloaded = "pg_stat_statements" in pg_conn.execute("SHOW shared_preload_libraries").fetchone()[0]
-    report = commands.drop(shimmed, [SHIM])
+    report = lifecycle.drop(shimmed, [SHIM])
     assert [s.name for s in report.dropped] == [SHIM]
     if preloaded:
         assert all(n.startswith("pg_stat_statements: ") for n in report.notes)

@@ -10,7 +10,6 @@ from psycopg import sql
 
 from compat.hook import CompatHook
 from conftest import url_as
-from compat.registry import Registry
 from runner.config import CompatSettings, Settings
 from runner.errors import MigrationFailed
 from test_compat_support import (
@@ -21,6 +20,7 @@ from test_compat_support import (
     m018,
     migration,
     pg_runner,
+    shims_of,
     story_to_017,
 )
 
@@ -54,7 +54,7 @@ def test_story_old_and_new_consumers(pg_conn, pg_url):
         assert (status, version) == ("draft", "1.0.0")
         old.execute(f"DELETE FROM {TABLE} WHERE workflow_name = 'drain'")
         assert new.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 2
-    (shim,) = Registry(pg_conn, "postgresql", "public").shims()
+    (shim,) = shims_of(pg_conn)
     assert (shim.name, shim.table, shim.old, shim.new, shim.compat_schema, shim.status, shim.as_of) == (
         f"compat_017.{TABLE}", f"public.{TABLE}", "execution_bundle", "container_image", "compat_017", "active", "017")
     assert shim.expires_at - shim.created_at == timedelta(days=14)
@@ -169,7 +169,7 @@ def test_no_compat_verifies_but_creates_nothing(pg_conn):
     story_to_017(r)
     r.apply(m018())
     assert pg_conn.execute("SELECT to_regnamespace('compat_017')").fetchone()[0] is None
-    assert Registry(pg_conn, "postgresql", "public").shims() == []
+    assert shims_of(pg_conn) == []
     with pytest.raises(MigrationFailed, match="still exists"):
         r.apply(migration("019_x", "SELECT 1", [f"rename {TABLE}.content -> body"]))
     r2 = pg_runner(pg_conn, settings=Settings(compat=CompatSettings(enabled=False)))
@@ -187,7 +187,7 @@ def test_config_declared_rename_and_custom_template(pg_conn):
     r = pg_runner(pg_conn, settings=settings)
     story_to_017(r)
     r.apply(migration("018_rename", M018, fmt="goose"))
-    (shim,) = Registry(pg_conn, "postgresql", "public").shims()
+    (shim,) = shims_of(pg_conn)
     assert shim.compat_schema == "v017_compat" and shim.expires_at - shim.created_at == timedelta(hours=36)
     assert columns_of(pg_conn, "v017_compat", TABLE) == COLUMNS_017
 
@@ -270,7 +270,7 @@ def test_quoted_and_long_names(pg_conn, pg_url):
     r.previous.version_label = "2026_01_01_first_release_of_the_application_with_long_label"
     r.apply(migration("2027_rename", sql.SQL('ALTER TABLE {} RENAME "Exec.Bundle" TO "container Image"').format(
         sql.Identifier(long_table)).as_string(pg_conn), [f'rename "{long_table}"."Exec.Bundle" -> "container Image"']))
-    (shim,) = Registry(pg_conn, "postgresql", "public").shims()
+    (shim,) = shims_of(pg_conn)
     assert len(shim.compat_schema.encode()) == 63 and shim.compat_schema.startswith("compat_for_consumers")
     assert shim.view_name == long_table
     with consumer(pg_url, f'"{shim.compat_schema}",public') as old:
@@ -367,11 +367,11 @@ def test_rollback_drops_the_migrations_shims(pg_conn):
                         f"ALTER TABLE {TABLE} RENAME container_image TO execution_bundle"])
     r.apply(m)
     r.apply(m, direction="rollback", previous=m017)
-    (shim,) = Registry(pg_conn, "postgresql", "public").shims()
+    (shim,) = shims_of(pg_conn)
     assert shim.status == "dropped" and shim.reason == "migration 018_rename rolled back"
     assert pg_conn.execute("SELECT to_regnamespace('compat_017')").fetchone()[0] is None
     r.apply(m, previous=m017)  # and it can be applied again
-    assert [s.status for s in Registry(pg_conn, "postgresql", "public").shims()] == ["dropped", "active"]
+    assert [s.status for s in shims_of(pg_conn)] == ["dropped", "active"]
 
 
 def test_two_tables_and_two_columns_in_one_migration(pg_conn):
@@ -382,7 +382,7 @@ def test_two_tables_and_two_columns_in_one_migration(pg_conn):
     r.apply(migration("010_renames", ["ALTER TABLE a RENAME x TO x2", "ALTER TABLE a RENAME y TO y2",
                                       "ALTER TABLE b RENAME p TO p2"],
                       ["rename a.x -> x2 window=1d", "rename a.y -> y2 window=3d", "rename b.p -> p2 window=2d"]))
-    shims = Registry(pg_conn, "postgresql", "public").shims()
+    shims = shims_of(pg_conn)
     assert [(s.name, s.old, s.new) for s in shims] == [("compat_009.a", "x, y", "x2, y2"), ("compat_009.b", "p", "p2")]
     assert shims[0].expires_at - shims[0].created_at == timedelta(days=3)  # the longest window of the view
     assert columns_of(pg_conn, "compat_009", "a") == ["x", "y", "z"]

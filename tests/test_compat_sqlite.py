@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from compat.registry import Registry
 from runner.config import CompatSettings, Settings
 from runner.errors import MigrationFailed
-from test_compat_support import COLUMNS_017, TABLE, m018, migration, sqlite_runner, story_to_017
+from test_compat_support import COLUMNS_017, TABLE, m018, migration, shims_of, sqlite_runner, story_to_017
 
 VIEW = f"{TABLE}__v017"
 
@@ -33,7 +32,7 @@ def test_story_on_sqlite(tmp_path: Path):
         conn.execute(f"UPDATE {VIEW} SET execution_bundle = 'x'")
     conn.execute(f"UPDATE {TABLE} SET container_image = 'new' WHERE workflow_id = 1")
     assert conn.execute(f"SELECT execution_bundle FROM {VIEW} WHERE workflow_id = 1").fetchone() == ("new",)
-    (shim,) = Registry(conn, "sqlite", None).shims()
+    (shim,) = shims_of(r.db)
     assert (shim.name, shim.view_name, shim.compat_schema, shim.old, shim.new, shim.status) == (
         VIEW, VIEW, None, "execution_bundle", "container_image", "active")
     assert (shim.expires_at - shim.created_at).days == 14

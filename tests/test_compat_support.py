@@ -1,18 +1,21 @@
 """Helpers shared by the compat tests: hand-built migrations applied through CompatHook.
 
-A migration is applied the way the executor does it: BEGIN, hook.before,
-the statements, hook.after, COMMIT (ROLLBACK on any error), on a real
-PostgreSQL or SQLite connection in autocommit mode.
+A migration is applied the way the engine does it: BEGIN, hook.before, the statements (with the
+migrations' search_path), hook.after, COMMIT (ROLLBACK on any error), on the runner's own
+:class:`runner.db.Database` (a real PostgreSQL or SQLite connection in autocommit mode). The
+test's own connection (``Runner.connection``) keeps the session's default search_path.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from compat.hook import CompatHook
+from compat.model import Shim
+from compat.registry import Registry
 from runner.config import Settings
+from runner.db import Database, connect
 from runner.hooks import MigrationContext
 from runner.migration import Directive, MigrationFile, Statement
 
@@ -65,42 +68,62 @@ def migration(mid: str, statements: list[str] | str, directives: list[str] = (),
 
 @dataclass
 class Runner:
-    """Applies hand-built migrations in order on one connection, remembering the previous one."""
+    """Applies hand-built migrations in order on the runner's connection, remembering the previous one."""
 
-    connection: Any
-    dialect: str
-    schema: str | None
+    db: Database
+    connection: Any  # the test's own connection (default search_path)
     settings: Settings
     hook: CompatHook
     previous: MigrationFile | None = None
 
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect.name
+
     def apply(self, m: MigrationFile, direction: str = "apply", previous: MigrationFile | None = None) -> None:
-        ctx = MigrationContext(
-            connection=self.connection, dialect=self.dialect, schema=self.schema, migration=m,
-            previous=previous if previous is not None else self.previous, settings=self.settings,
-            direction=direction,
-        )
-        self.connection.execute("BEGIN")
+        ctx = MigrationContext(self.db, m, previous if previous is not None else self.previous, self.settings,
+                               direction)
+        dialect = self.db.dialect
+        self.db.connection.execute("BEGIN")
+        self.db.in_transaction = True
         try:
             self.hook.before(ctx)
+            dialect.execute_all(self.db, dialect.migration_search_path(self.db, local=True))
             for statement in m.up if direction == "apply" else m.down:
-                self.connection.execute(statement.sql)
+                self.db.connection.execute(statement.sql)
+            dialect.execute_all(self.db, dialect.migration_end(self.db))
             self.hook.after(ctx)
         except BaseException:
-            self.connection.execute("ROLLBACK")
+            self.db.connection.execute("ROLLBACK")
+            self.db.in_transaction = False
             raise
-        self.connection.execute("COMMIT")
+        self.db.connection.execute("COMMIT")
+        self.db.in_transaction = False
         if direction == "apply":
             self.previous = m
 
 
+def url_of(conn: Any) -> str:
+    """A URL for the database a psycopg connection is connected to."""
+    info = conn.info
+    return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+
+
 def pg_runner(conn: Any, settings: Settings | None = None, hook: CompatHook | None = None) -> Runner:
-    return Runner(conn, "postgresql", "public", settings or Settings(), hook or CompatHook())
+    return Runner(connect(url_of(conn)), conn, settings or Settings(), hook or CompatHook())
 
 
 def sqlite_runner(path: str, settings: Settings | None = None) -> Runner:
-    conn = sqlite3.connect(path, isolation_level=None)
-    return Runner(conn, "sqlite", None, settings or Settings(), CompatHook())
+    db = connect(f"sqlite:///{path}")
+    return Runner(db, db.connection, settings or Settings(), CompatHook())
+
+
+def shims_of(conn: Any) -> list[Shim]:
+    """Every registry row of the database ``conn`` (psycopg) is connected to, or of a Database."""
+    if isinstance(conn, Database):
+        return Registry(conn).shims()
+    with connect(url_of(conn)) as db:
+        return Registry(db).shims()
 
 
 def story_to_017(r: Runner) -> tuple[MigrationFile, MigrationFile]:

@@ -106,7 +106,7 @@ def test_without_a_shim_the_old_strict_consumer_fails_on_missing_and_extra_colum
 
 def test_after_the_shim_is_dropped_the_old_consumer_fails(pg_url, example_migrations):
     up(pg_url, example_migrations)
-    from compat.commands import drop
+    from compat.lifecycle import drop
     from runner.db import connect
 
     name = sql(pg_url, "SELECT name FROM _migrate_shims WHERE status = 'active'")[0][0]

@@ -134,10 +134,10 @@ def test_expired_shim(pg_url, example_migrations):
 def test_lock_held_and_by_whom(pg_url, example_migrations):
     up(pg_url, example_migrations)
     from runner.db import connect
-    from runner.lock import lock_key
+    from runner.dialects.postgresql import DIALECT as POSTGRESQL
 
     with connect(pg_url) as db:
-        classid, objid = lock_key(db)
+        classid, objid = POSTGRESQL.lock_key(db)
     with psycopg.connect(pg_url, autocommit=True, application_name="deploy-job-42") as holder:
         holder.execute("SELECT pg_advisory_lock(%s, %s)", (classid, objid))
         pid = holder.info.backend_pid

@@ -4,6 +4,7 @@ migrations, active shims and `migrate up --lint`."""
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 from diagnose_support import migrate, sql, write_migrations  # noqa: E402
 
 from runner.errors import ConfigError, MigrationFileError  # noqa: E402
-from runner.lint import ExposedShim, lint_migration, lint_migrations  # noqa: E402
+from compat.model import Shim  # noqa: E402
+from runner.lint import lint_migration, lint_migrations  # noqa: E402
 from runner.sources import read_migration  # noqa: E402
 
 
@@ -99,7 +101,12 @@ def test_enum_add_value_depends_on_the_server_version(tmp_path):
 
 
 def test_shim_exposed_columns(tmp_path):
-    shim = ExposedShim("compat_017.t", "compat_017", "t", frozenset({"a", "b"}))
+    now = datetime.now(timezone.utc)
+    shim = Shim(id=1, name="compat_017.t", migration_id="018_x", table_schema="public", table_name="t", old="x",
+                new="y", renames=[{"old": "x", "new": "y"}], expose="old", as_of="017", compat_schema="compat_017",
+                view_name="t", columns=[{"name": "a", "attnum": 1}, {"name": "b", "attnum": 2}], created_at=now,
+                created_by="x", created_client=None, expires_at=now, status="active")
+    assert set(shim.exposed) == {"a", "b"}
     text = ("ALTER TABLE t DROP COLUMN a;\nALTER TABLE t ALTER COLUMN b TYPE bigint;\n"
             "ALTER TABLE t DROP COLUMN z;\nDROP TABLE t;\n")
     found = lint_text(tmp_path, text, shims=[shim])

@@ -39,7 +39,7 @@ def test_text_table_with_drift_expired_shims_and_lock(pg_url, example_migrations
     import psycopg
 
     from runner.db import connect
-    from runner.lock import lock_key
+    from runner.dialects.postgresql import DIALECT as POSTGRESQL
 
     up(pg_url, example_migrations)
     sql(pg_url, "ALTER TABLE remediation_workflow_catalog ADD COLUMN owner text",
@@ -48,7 +48,7 @@ def test_text_table_with_drift_expired_shims_and_lock(pg_url, example_migrations
         f'migrations = "{example_migrations}"\n[environments]\nstaging = "{pg_url}"\nlegacy = "{UNREACHABLE}"\n',
         encoding="utf-8")
     with connect(pg_url) as db:
-        key = lock_key(db)
+        key = POSTGRESQL.lock_key(db)
     with psycopg.connect(pg_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s, %s)", key)
         result = migrate("envs", cwd=tmp_path)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
+
+import sqlite3
 
 import psycopg
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 from diagnose_support import migrate, sql  # noqa: E402
 
 from runner.config import Settings  # noqa: E402
+from runner.db import Database, connect, transaction  # noqa: E402
 from runner.hooks import MigrationContext  # noqa: E402
 from runner.migration import MigrationFile  # noqa: E402
 from runner.snapshot import (  # noqa: E402
@@ -24,7 +26,13 @@ from runner.snapshot import (  # noqa: E402
 )
 
 
-def test_postgres_snapshot_content_and_exclusions(pg_conn):
+def snap_of(url: str, schema: str | None = None) -> dict:
+    """The runner's snapshot of the database at ``url`` (of ``schema``: the runner's schema)."""
+    with connect(url, schema=schema) as db:
+        return take_snapshot(db)
+
+
+def test_postgres_snapshot_content_and_exclusions(pg_conn, pg_url):
     pg_conn.execute("CREATE TABLE a (id bigint PRIMARY KEY, name varchar(20) NOT NULL, note text)")
     pg_conn.execute("CREATE INDEX a_name ON a (name)")
     pg_conn.execute("CREATE VIEW a_names AS SELECT name FROM a")
@@ -33,7 +41,7 @@ def test_postgres_snapshot_content_and_exclusions(pg_conn):
     pg_conn.execute("CREATE TABLE yoyo_lock (x int)")
     pg_conn.execute("CREATE SCHEMA compat_017")
     pg_conn.execute("CREATE VIEW compat_017.a AS SELECT id FROM public.a")
-    snap = take_snapshot(pg_conn, "postgresql", "public")
+    snap = snap_of(pg_url)
     assert snap["tables"] == {"a": {"kind": "table", "columns": [
         {"name": "id", "type": "bigint", "nullable": False, "num": 1},
         {"name": "name", "type": "character varying(20)", "nullable": False, "num": 2},
@@ -51,24 +59,24 @@ def test_sqlite_snapshot_excludes_runner_tables_and_shim_views(tmp_path):
     conn.execute("CREATE VIEW a__v017 AS SELECT id FROM a")
     conn.execute("CREATE VIEW report AS SELECT name FROM a")
     conn.execute("CREATE TABLE _migrate_history (x)")
-    snap = take_snapshot(conn, "sqlite", None)
+    snap = snap_of(f"sqlite:///{tmp_path / 'x.db'}")
     assert list(snap["tables"]) == ["a"] and list(snap["views"]) == ["report"]
     assert snap["tables"]["a"]["columns"][1] == {"name": "name", "type": "text", "nullable": False, "num": 2}
     assert list(snap["indexes"]) == ["a_name"]
 
 
-def test_diff_reports_every_kind_of_change(pg_conn):
+def test_diff_reports_every_kind_of_change(pg_conn, pg_url):
     pg_conn.execute("CREATE TABLE t (id int, a text, b int NOT NULL, gone int)")
     pg_conn.execute("CREATE TABLE dropped (id int)")
     pg_conn.execute("CREATE INDEX t_b ON t (b)")
-    before = take_snapshot(pg_conn, "postgresql", "public")
+    before = snap_of(pg_url)
     pg_conn.execute("ALTER TABLE t RENAME COLUMN a TO a2")
     pg_conn.execute("ALTER TABLE t ALTER COLUMN b TYPE bigint, ALTER COLUMN b DROP NOT NULL")
     pg_conn.execute("ALTER TABLE t DROP COLUMN gone, ADD COLUMN extra int")
     pg_conn.execute("DROP TABLE dropped")
     pg_conn.execute("DROP INDEX t_b")
     pg_conn.execute("CREATE INDEX t_id ON t (id)")
-    changes = {(c.change, c.object) for c in diff_snapshots(before, take_snapshot(pg_conn, "postgresql", "public"))}
+    changes = {(c.change, c.object) for c in diff_snapshots(before, snap_of(pg_url))}
     assert changes == {
         ("table-dropped", "dropped"), ("column-renamed", "t.a"), ("column-dropped", "t.gone"),
         ("column-added", "t.extra"), ("column-retyped", "t.b"), ("nullability-changed", "t.b"),
@@ -77,55 +85,53 @@ def test_diff_reports_every_kind_of_change(pg_conn):
     assert diff_snapshots(before, before) == []
 
 
-def ctx(conn, dialect: str, migration_id: str, previous: str | None = None, direction: str = "apply"):
+def ctx(db: Database, migration_id: str, previous: str | None = None, direction: str = "apply") -> MigrationContext:
     def mf(i: str) -> MigrationFile:
         return MigrationFile(i, f"{i}.sql", "sql", "0" * 64, None, None)
 
-    return MigrationContext(conn, dialect, "public" if dialect == "postgresql" else None, mf(migration_id),
-                            mf(previous) if previous else None, Settings(), direction)
+    return MigrationContext(db, mf(migration_id), mf(previous) if previous else None, Settings(), direction)
 
 
 def test_hook_snapshots_only_the_final_migration_inside_its_transaction(pg_url):
-    with psycopg.connect(pg_url, autocommit=True) as conn:
+    with connect(pg_url) as db:
         hook = SnapshotHook(final_migration_id="003")
         for mid in ("001", "002"):
-            with conn.transaction():
-                conn.execute(f"CREATE TABLE t{mid} (id int)")
-                hook.after(ctx(conn, "postgresql", mid))
-        assert latest_snapshot(conn, "postgresql", "public") is None  # nothing stored, not even the table
+            with transaction(db):
+                db.execute(f"CREATE TABLE public.t{mid} (id int)")
+                hook.after(ctx(db, mid))
+        assert latest_snapshot(db) is None  # nothing stored, not even the table
         try:
-            with conn.transaction():
-                conn.execute("CREATE TABLE t003 (id int)")
-                hook.after(ctx(conn, "postgresql", "003"))
+            with transaction(db):
+                db.execute("CREATE TABLE public.t003 (id int)")
+                hook.after(ctx(db, "003"))
                 raise RuntimeError("the migration's bookkeeping failed")
         except RuntimeError:
             pass
-        assert latest_snapshot(conn, "postgresql", "public") is None  # rolled back with the migration
-        with conn.transaction():
-            conn.execute("CREATE TABLE t003 (id int)")
-            hook.after(ctx(conn, "postgresql", "003"))
-        stored = latest_snapshot(conn, "postgresql", "public")
+        assert latest_snapshot(db) is None  # rolled back with the migration
+        with transaction(db):
+            db.execute("CREATE TABLE public.t003 (id int)")
+            hook.after(ctx(db, "003"))
+        stored = latest_snapshot(db)
         assert stored.migration_id == "003" and set(stored.snapshot["tables"]) == {"t001", "t002", "t003"}
         # A rollback stores the shape under the migration that stays applied.
         down = SnapshotHook(final_migration_id="003")
-        with conn.transaction():
-            conn.execute("DROP TABLE t003")
-            down.after(ctx(conn, "postgresql", "003", previous="002", direction="rollback"))
-        stored = latest_snapshot(conn, "postgresql", "public")
+        with transaction(db):
+            db.execute("DROP TABLE public.t003")
+            down.after(ctx(db, "003", previous="002", direction="rollback"))
+        stored = latest_snapshot(db)
         assert stored.migration_id == "002" and set(stored.snapshot["tables"]) == {"t001", "t002"}
 
 
 def test_hook_every_snapshots_every_migration_sqlite(tmp_path):
-    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    db = connect(f"sqlite:///{tmp_path / 'x.db'}")
     hook = SnapshotHook(every=True)
     for mid in ("001", "002"):
-        conn.execute("BEGIN")
-        conn.execute(f"CREATE TABLE t{mid} (id int)")
-        hook.after(ctx(conn, "sqlite", mid))
-        conn.execute("COMMIT")
-    rows = conn.execute("SELECT migration_id FROM _migrate_snapshot ORDER BY id").fetchall()
+        with transaction(db):
+            db.execute(f"CREATE TABLE t{mid} (id int)")
+            hook.after(ctx(db, mid))
+    rows = db.execute("SELECT migration_id FROM _migrate_snapshot ORDER BY id").fetchall()
     assert rows == [("001",), ("002",)]
-    assert set(latest_snapshot(conn, "sqlite", None).snapshot["tables"]) == {"t001", "t002"}
+    assert set(latest_snapshot(db).snapshot["tables"]) == {"t001", "t002"}
 
 
 def test_hook_default_snapshots_only_the_head_of_the_folder(tmp_path):
@@ -133,27 +139,27 @@ def test_hook_default_snapshots_only_the_head_of_the_folder(tmp_path):
     folder.mkdir()
     for name in ("2_b.sql", "10_c.sql", "10_c.rollback.sql", "1_a.py", "notes.txt"):
         (folder / name).write_text("SELECT 1;\n")
-    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    db = connect(f"sqlite:///{tmp_path / 'x.db'}")
     hook = SnapshotHook()
     settings = Settings(migrations=folder)
     for mid in ("1_a", "2_b", "10_c"):
-        c = ctx(conn, "sqlite", mid)
+        c = ctx(db, mid)
         c.settings = settings
-        conn.execute("BEGIN")
-        conn.execute(f"CREATE TABLE t{mid} (id int)")
-        hook.after(c)
-        conn.execute("COMMIT")
-    assert conn.execute("SELECT migration_id FROM _migrate_snapshot").fetchall() == [("10_c",)]
+        with transaction(db):
+            db.execute(f"CREATE TABLE t{mid} (id int)")
+            hook.after(c)
+    assert db.execute("SELECT migration_id FROM _migrate_snapshot").fetchall() == [("10_c",)]
 
 
 def test_store_uses_quoted_schema(pg_url):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute('CREATE SCHEMA "Odd Schema"')
         conn.execute('CREATE TABLE "Odd Schema"."T" (id int)')
-        snap = take_snapshot(conn, "postgresql", "Odd Schema")
-        with conn.transaction():
-            store_snapshot(conn, "postgresql", "Odd Schema", "001", snap)
-        assert latest_snapshot(conn, "postgresql", "Odd Schema").snapshot["tables"]["T"]["columns"][0]["name"] == "id"
+    with connect(pg_url, schema="Odd Schema") as db:
+        snap = take_snapshot(db)
+        with transaction(db):
+            store_snapshot(db, "001", snap)
+        assert latest_snapshot(db).snapshot["tables"]["T"]["columns"][0]["name"] == "id"
 
 
 def test_migrate_up_stores_the_snapshot_of_the_last_migration(pg_url, example_migrations):

@@ -57,7 +57,8 @@ def test_config_errors_name_the_key(tmp_path: Path, content: str, fragment: str)
 def test_urls_users_paste() -> None:
     for url in ("postgresql://u:pw@h/db", "postgres://u:pw@h/db", "postgresql+psycopg://u:pw@h:5433/db"):
         parsed = parse_url(url)
-        assert parsed.dialect == "postgresql" and parsed.yoyo_url.startswith("postgresql+psycopg://u:pw@h")
+        assert parsed.dialect == "postgresql" and parsed.connect_args["user"] == "u"
+        assert parsed.connect_args["password"] == "pw" and parsed.connect_args["host"] == "h"
         assert "pw" not in parsed.redacted
     assert parse_url("sqlite:///rel/x.db").sqlite_path == "rel/x.db"
     assert parse_url("sqlite:////abs/x.db").sqlite_path == "/abs/x.db"
@@ -69,11 +70,11 @@ def test_urls_users_paste() -> None:
 
 def test_connect_arguments_from_the_url() -> None:
     args = parse_url("postgres://app%40corp:p%2Fw%3F@db.example:6543/cat%20alog?sslmode=require&connect_timeout=3"
-                     ).connect_args()
+                     ).connect_args
     assert args == {"dbname": "cat alog", "user": "app@corp", "password": "p/w?", "host": "db.example", "port": 6543,
                     "sslmode": "require", "connect_timeout": "3", "application_name": "migrate"}
     # A socket directory given as a query argument, no host in the URL.
-    args = parse_url("postgresql:///catalog?host=/var/run/postgresql").connect_args()
+    args = parse_url("postgresql:///catalog?host=/var/run/postgresql").connect_args
     assert args["host"] == "/var/run/postgresql" and args["dbname"] == "catalog" and "user" not in args
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import run_migrate
 from helpers import history, scalar, tables, write_migrations
-from runner.db import ScriptFailed, run_script
+from runner.db import connect
+from runner.dialects import ScriptFailed
 
 TAIL = {"099_tail.sql": "CREATE TABLE tail (id int);"}
 
@@ -114,18 +115,20 @@ def test_session_settings_do_not_leak_from_one_query_into_the_next(pg_url: str, 
     assert history(pg_url) == ["001_settings", "002_check", "099_tail"]
 
 
-def test_run_script_names_the_failing_statement(pg_conn: psycopg.Connection) -> None:
-    pg_conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
-    with pytest.raises(ScriptFailed) as failed:
-        run_script(pg_conn, ["BEGIN", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)", "COMMIT"])
-    assert failed.value.index == 2 and failed.value.error.sqlstate == "23505"
-    pg_conn.execute("ROLLBACK")
-    with pytest.raises(ScriptFailed) as failed:  # a trailing comment cannot swallow the next statement
-        run_script(pg_conn, ["INSERT INTO t VALUES (2) -- two", "SELEC 3", "INSERT INTO t VALUES (4)"])
-    assert failed.value.index == 1 and failed.value.error.sqlstate == "42601"
-    assert pg_conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # parsed first: nothing ran
-    run_script(pg_conn, ["INSERT INTO t VALUES (5) -- five", "INSERT INTO t VALUES (6)"])
-    assert pg_conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone()[0] == [5, 6]
+def test_run_script_names_the_failing_statement(pg_url: str) -> None:
+    with connect(pg_url) as db:
+        run = db.dialect.run_script
+        db.execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        with pytest.raises(ScriptFailed) as failed:
+            run(db, ["BEGIN", "INSERT INTO public.t VALUES (1)", "INSERT INTO public.t VALUES (1)", "COMMIT"])
+        assert failed.value.index == 2 and failed.value.error.sqlstate == "23505"
+        db.execute("ROLLBACK")
+        with pytest.raises(ScriptFailed) as failed:  # a trailing comment cannot swallow the next statement
+            run(db, ["INSERT INTO public.t VALUES (2) -- two", "SELEC 3", "INSERT INTO public.t VALUES (4)"])
+        assert failed.value.index == 1 and failed.value.error.sqlstate == "42601"
+        assert db.scalar("SELECT count(*) FROM public.t") == 0  # parsed first: nothing ran
+        run(db, ["INSERT INTO public.t VALUES (5) -- five", "INSERT INTO public.t VALUES (6)"])
+        assert db.scalar("SELECT array_agg(id ORDER BY id) FROM public.t") == [5, 6]
 
 
 # ----------------------------------------------------------------------------- batches on a fresh database

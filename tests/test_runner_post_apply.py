@@ -64,8 +64,8 @@ def test_failed_hook_keeps_the_migrations_and_the_next_up_runs_it_again(pg_url: 
     write_migrations(folder, {"post-apply.sql": HOOK})
     fixed = _up(pg_url, folder)
     assert fixed.returncode == 0, fixed.stderr
-    assert json.loads(fixed.stdout) | {"duration_s": 0} == {"applied": [], "pending_before": [], "duration_s": 0,
-                                                            "shims": [], "post_apply": ["post-apply"]}
+    assert json.loads(fixed.stdout) | {"duration_s": 0} == {"database": pg_url, "applied": [], "pending_before": [],
+                                                            "duration_s": 0, "shims": [], "post_apply": ["post-apply"]}
     assert scalar(pg_url, "SELECT count(*) FROM hook_runs") == 1
     assert json.loads(_up(pg_url, folder).stdout)["post_apply"] == []
 

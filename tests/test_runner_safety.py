@@ -108,11 +108,11 @@ def test_eight_concurrent_runners_apply_each_migration_once(pg_url: str, tmp_pat
 
 def test_lock_wait_bounds_waiting_for_another_runner(pg_url: str, tmp_path: Path) -> None:
     from runner.db import connect
-    from runner.lock import lock_key
+    from runner.dialects.postgresql import DIALECT as POSTGRESQL
 
     folder = write_migrations(tmp_path / "m", {"001_one.sql": "CREATE TABLE one (id int);"})
     with connect(pg_url) as db:
-        classid, objid = lock_key(db)
+        classid, objid = POSTGRESQL.lock_key(db)
     with psycopg.connect(pg_url, autocommit=True) as holder:
         holder.execute("SET application_name = 'other-pipeline'")
         holder.execute("SELECT pg_advisory_lock(%s, %s)", (classid, objid))

@@ -1,6 +1,6 @@
 """What `migrate up` reports as applied survives a server crash right after it.
 
-Migrations sent in one query commit without waiting for the WAL flush (runner.executor.FLUSH_EVERY);
+Migrations sent in one query commit without waiting for the WAL flush (runner.engine.FLUSH_EVERY);
 they are reported applied only once a later COMMIT has waited for it. The private cluster here
 has ``wal_writer_delay`` at its maximum (10 s), so the server does not write such commits to disk
 by itself during the test, and ``pg_ctl stop -m immediate`` (a crash: shared memory, WAL buffers

@@ -1,0 +1,88 @@
+"""How shims are built on each database, one module per database.
+
+:mod:`compat.hook` and :mod:`compat.lifecycle` are dialect-neutral: they ask the
+:class:`ViewBuilder` of the database (:func:`for_database`) to find tables and their columns,
+create, rebuild and drop shim views, and (where the database has roles) route roles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from compat.declarations import RenameDeclaration
+    from compat.model import Route, Shim
+    from compat.registry import Registry
+    from runner.config import Settings
+    from runner.db import Database
+    from runner.hooks import MigrationContext
+
+
+@dataclass
+class TableSnapshot:
+    """A declared table as it was before the migration's statements: ``key`` identifies it across
+    renames where the database can (PostgreSQL: its oid); ``columns`` are (name, column key)."""
+
+    declarations: list[RenameDeclaration]
+    name: str
+    schema: str | None
+    key: Any = None
+    columns: list[tuple[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Session:
+    """A database session that is (or may be) using a shim."""
+
+    pid: int
+    user: str | None
+    application_name: str | None
+    client_addr: str | None
+    state: str | None
+    evidence: str
+
+    def describe(self) -> str:
+        app = self.application_name or "?"
+        addr = self.client_addr or "local socket"
+        return f"pid {self.pid} ({self.user}, {app}@{addr}, {self.state or 'unknown'}): {self.evidence}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "user": self.user, "application_name": self.application_name,
+                "client_addr": self.client_addr, "state": self.state, "evidence": self.evidence}
+
+
+class ViewBuilder(Protocol):
+    """What the compat hook and the shim commands need from a database."""
+
+    name: str
+    search_path: bool  # consumers reach shims through their search_path (True) or by view name (False)
+
+    def require_ours(self, db: Database, schema: str, registry: Registry, doing: str) -> None: ...
+    def reserve(self, db: Database, schema: str) -> None: ...
+    def grant_route(self, db: Database, role: str, schema: str, shims: list[Shim]) -> None: ...
+    def location(self, settings: Settings, table: str, version: str) -> tuple[str | None, str]: ...
+    def shim_name(self, schema: str | None, view: str) -> str: ...
+
+    # the hook
+    def snapshot(self, ctx: MigrationContext, group: list[RenameDeclaration]) -> TableSnapshot: ...
+    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], actions: list[Any] | None
+                        ) -> list[tuple[Shim, Any]]: ...
+    def verify(self, ctx: MigrationContext, snap: TableSnapshot) -> None: ...
+    def rebuild(self, ctx: MigrationContext, registry: Registry, refresh: list[tuple[Shim, Any]],
+                snapshots: list[TableSnapshot]) -> None: ...
+    def create(self, ctx: MigrationContext, registry: Registry, snap: TableSnapshot, label: str,
+               view_columns: list[tuple[str, str]]) -> tuple[str | None, str, list[dict[str, Any]]]: ...
+
+    # the shim commands
+    def drop(self, db: Database, shim: Shim) -> str | None: ...
+    def sessions_using(self, db: Database, shims: list[Shim], routes: list[Route]) -> tuple[list[Session], list[str]]: ...
+    def foreign_objects(self, db: Database, settings: Settings, registry: Registry) -> list[tuple[str, str]]: ...
+
+
+def for_database(db: Database) -> ViewBuilder:
+    if db.dialect.name == "postgresql":
+        from compat.dialects.postgresql import BUILDER
+    else:
+        from compat.dialects.sqlite import BUILDER
+    return BUILDER
