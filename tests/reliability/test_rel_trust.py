@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -30,97 +29,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import ADMIN_URL, EXAMPLE_MIGRATIONS, url_as
+from conftest import ADMIN_URL, url_as
 from helpers import hold_table
 from reliability import harness
 from reliability.harness import Spawned, db_args, run
-
-LOCK_CLASS = 0x6D677274  # 1835496052, "mgrt": the runner's advisory lock class (the brief's decimal 1835495028 is a typo)
-RUNNER_ROLE = urlsplit(ADMIN_URL).username or "postgres"
-M001 = "001_create_remediation_workflow_catalog"
-M017 = "017_add_execution_bundle"
-M018 = "018_rename_execution_bundle_to_container_image"
-CONTRACT_017 = harness.ROOT / "contracts" / "workflow-api-017.toml"
-
-
-# ----------------------------------------------------------------------------- plumbing
-def safe(url: str) -> psycopg.Connection:
-    """An autocommit connection that resolves nothing outside pg_catalog (planted traps stay unfired)."""
-    return psycopg.connect(url, autocommit=True, options="-c search_path=pg_catalog")
-
-
-def one(url: str, query: str, params: tuple = ()) -> object:
-    with safe(url) as conn:
-        row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
-
-
-def all_rows(url: str, query: str, params: tuple = ()) -> list[tuple]:
-    with safe(url) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-def is_superuser(role: str) -> bool:
-    return bool(one(ADMIN_URL, "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)))
-
-
-def history(url: str, schema: str = "public") -> list[str]:
-    with safe(url) as conn:
-        table = conn.execute("SELECT pg_catalog.to_regclass(%s)",
-                             (sql.Identifier(schema, "_migrate_history").as_string(conn),)).fetchone()[0]
-        if table is None:
-            return []
-        return [r[0] for r in conn.execute(
-            sql.SQL("SELECT migration_id FROM {} ORDER BY migration_id").format(sql.Identifier(schema, "_migrate_history")))]
-
-
-def schema_objects(url: str, schema: str) -> set[tuple[str, str, str, str]]:
-    """(kind, name, owner, definition) of every relation and function in ``schema``."""
-    return set(all_rows(url, """
-        SELECT c.relkind::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
-               COALESCE(pg_catalog.pg_get_viewdef(c.oid), '')
-        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s
-        UNION ALL
-        SELECT 'function', p.proname::text, pg_catalog.pg_get_userbyid(p.proowner)::text, p.prosrc
-        FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s
-    """, (schema, schema)))
-
-
-def role_settings(url: str, role: str) -> list[str] | None:
-    """The role's stored settings for this database (pg_db_role_setting.setconfig), or None."""
-    return one(url, "SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s "
-                    "JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
-                    "JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase "
-                    "WHERE r.rolname = %s AND d.datname = pg_catalog.current_database()", (role,))
-
-
-def examples(folder: Path, *ids: str) -> Path:
-    """Copy the example migrations (only ``ids`` when given) into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in EXAMPLE_MIGRATIONS.iterdir():
-        if not ids or any(path.name.startswith(i + ".") for i in ids):
-            shutil.copy(path, folder / path.name)
-    return folder
-
-
-def cli(url: str, folder: Path, *args: str, env: dict[str, str] | None = None) -> harness.Result:
-    return run(*db_args(url, folder, *args), env=env)
-
-
-def ok(result: harness.Result, code: int = 0) -> harness.Result:
-    assert result.returncode == code, result.describe()
-    return result
-
-
-def findings(result: harness.Result) -> list[dict]:
-    data = json.loads(result.stdout)
-    return data if isinstance(data, list) else data.get("findings", [])
-
-
-def grant(url: str, statement: str, *identifiers: str) -> None:
-    with safe(url) as conn:
-        conn.execute(sql.SQL(statement).format(*(sql.Identifier(i) for i in identifiers)))
-
+from reliability.issue10 import (CONTRACT_017, LOCK_CLASS, M001, M017, M018, RUNNER_ROLE, all_rows, cli, examples,
+                                 findings, grant, history, is_superuser, ok, one, role_settings, safe, schema_objects)
 
 # ----------------------------------------------------------------------------- item 1: the traps
 OPERATORS = ("=", "<>", "<", ">", "<=", ">=", "*", "+", "-", "/", "||", "~", "~~",
@@ -420,6 +334,8 @@ def test_doctor_reports_foreign_objects_in_compat_schemas(pg_url, db_attacker, t
     `foreign-object` naming the schema), exit 1."""
     folder = examples(tmp_path / "migrations")
     ok(cli(pg_url, folder, "up"))
+    clean = cli(pg_url, folder, "--format", "json", "doctor")
+    assert not [f for f in findings(clean) if f.get("kind") == "foreign-object"], clean.describe()
     if how == "schema owned by the attacker":
         schema = "compat_019"
         _squat(db_attacker, schema)
@@ -526,7 +442,7 @@ def _keepalives(url: str, table: str) -> dict[str, int]:
 
 
 def test_runner_session_sets_tcp_keepalives_for_every_migration(pg_url, tmp_path):
-    """Issue 10 item 4a: the runner's session has server-side keepalives and tcp_user_timeout such that a dead
+    """Issue 10 item 4 (a): the runner's session has server-side keepalives and tcp_user_timeout such that a dead
     runner's session (and the lock) goes away within a minute, in the first and in a later migration."""
     folder = harness.write(tmp_path / "migrations", {
         "001_probe_first.sql": PROBE.format(table="probe_first"),
@@ -546,7 +462,7 @@ def test_runner_session_sets_tcp_keepalives_for_every_migration(pg_url, tmp_path
 
 
 def test_lock_held_by_another_kind_of_session_is_named_as_such(pg_url, tmp_path):
-    """Issue 10 item 4c: when a plain client (application_name 'psql') holds the runner's key, `up` (exit 3)
+    """Issue 10 item 4 (c): when a plain client (application_name 'psql') holds the runner's key, `up` (exit 3)
     and `doctor` (exit 1) say the holder does not look like a migrate runner, with its pid and name."""
     folder = examples(tmp_path / "migrations")
     holder = _hold_runner_lock(pg_url)
@@ -567,7 +483,7 @@ def test_lock_held_by_another_kind_of_session_is_named_as_such(pg_url, tmp_path)
 
 
 def test_lock_held_by_a_runner_is_named_as_a_runner(pg_url, tmp_path):
-    """Issue 10 item 4c: when a real `migrate up` holds the key (blocked in a migration on a table lock), a
+    """Issue 10 item 4 (c): when a real `migrate up` holds the key (blocked in a migration on a table lock), a
     second `up` (exit 3) says the holder looks like a migrate runner."""
     folder = harness.write(tmp_path / "migrations", {"001_t.sql": "CREATE TABLE t (id int);\n"})
     ok(cli(pg_url, folder, "up"))
@@ -644,7 +560,7 @@ def dead_host_lab(tmp_path) -> Iterator[dict]:
 
 @pytest.mark.needs_root
 def test_dead_runner_host_releases_the_lock_within_90s(dead_host_lab, tmp_path):
-    """Issue 10 item 4b: a runner whose host dies (network cut, no FIN) while it holds the lock in a long
+    """Issue 10 item 4 (b): a runner whose host dies (network cut, no FIN) while it holds the lock in a long
     migration: another `up` gets the lock within 90 s (the server's keepalives end the dead session)."""
     cluster = dead_host_lab["cluster"]
     name = cluster.create_database()
@@ -699,6 +615,8 @@ def test_route_makes_the_shim_usable_for_a_role_granted_later(pg_url, make_role,
         except psycopg.Error as err:
             pytest.fail(f"the routed role cannot read through its shim: {err.sqlstate} {str(err).splitlines()[0]}")
     assert rows == [("registry/img:1",)]
+    usable = cli(pg_url, folder, "--format", "json", "doctor")
+    assert not [f for f in findings(usable) if f.get("kind") == "route-unusable"], usable.describe()
     grant(pg_url, "REVOKE USAGE ON SCHEMA compat_017 FROM {}", late)
     doctor = cli(pg_url, folder, "--format", "json", "doctor")
     assert doctor.returncode == 1, doctor.describe()
