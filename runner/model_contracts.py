@@ -136,13 +136,13 @@ def _columns_of(spec: str, where: str, target: Any) -> dict[str, list[str]]:
     if isinstance(target, MetaData):
         _add_tables(out, target.tables.values())
     elif isinstance(target, registry):
-        _add_mappers(spec, out, target.mappers)
+        _add_mappers(out, target.mappers)
     elif isinstance(target, types.ModuleType):
-        _add_mappers(spec, out, [m for m in (_mapper(v) for v in vars(target).values()) if m is not None])
+        _add_mappers(out, [m for m in (_mapper(v) for v in vars(target).values()) if m is not None])
     elif _mapper(target) is not None:
-        _add_mappers(spec, out, [_mapper(target)])
+        _add_mappers(out, [_mapper(target)])
     elif isinstance(target, type) and isinstance(getattr(target, "registry", None), registry):
-        _add_mappers(spec, out, target.registry.mappers)
+        _add_mappers(out, target.registry.mappers)
         mapped = {id(t) for m in target.registry.mappers for t in m.tables}
         metadata = getattr(target, "metadata", None)
         if isinstance(metadata, MetaData):
@@ -169,14 +169,11 @@ def _add_tables(out: dict[str, list[str]], tables: Iterable[Table]) -> None:
         _add(out, table.name, [c.name for c in table.columns])
 
 
-def _add_mappers(spec: str, out: dict[str, list[str]], mappers: Iterable[Mapper[Any]]) -> None:
+def _add_mappers(out: dict[str, list[str]], mappers: Iterable[Mapper[Any]]) -> None:
+    # Mapper.columns is known without configuring the mappers: relationships are not resolved (their
+    # targets may live in modules the application imports elsewhere).
     for mapper in sorted(mappers, key=lambda m: (m.class_.__module__, m.class_.__qualname__)):
-        try:
-            columns = list(mapper.columns)
-        except Exception as err:  # noqa: BLE001 - a model that SQLAlchemy cannot configure is bad input
-            raise ConfigError(f"{OPTION} {spec}: class {mapper.class_.__qualname__} cannot be mapped: "
-                              f"{_one_line(err)}") from None
-        for column in columns:
+        for column in mapper.columns:
             if isinstance(column, Column) and isinstance(column.table, Table):
                 _add(out, column.table.name, [column.name])
 

@@ -27,6 +27,9 @@ difference is pinned by tests/test_reflection.py):
   expression is printed as ``pg_get_indexdef(..., pretty)`` prints it
   (``lower(name::text)``, not ``lower((name)::text)``); a column's non-default
   collation is not shown.
+- Older SQLAlchemy versions reflect less: before 2.0.29 a domain column is its
+  base type (``integer``, not ``positive``); before 2.1 an index column's
+  operator class (``text_pattern_ops``) is not shown.
 - SQLite: a declared type is SQLAlchemy's spelling of its type affinity
   (``int`` -> ``integer``, ``money`` -> ``numeric``, ``numeric(10,2)`` ->
   ``numeric(10, 2)``); an index definition is rebuilt in one canonical form
@@ -62,6 +65,7 @@ from runner.snapshot import SNAPSHOT_FORMAT, Snapshot, is_excluded_name, sqlite_
 __all__ = ["borrowed_engine", "reflect_snapshot", "UNKNOWN_TYPE"]
 
 UNKNOWN_TYPE = "unknown"
+_CITEXT: tuple[type, ...] = tuple(t for t in [getattr(pg, "CITEXT", None)] if t is not None)  # SQLAlchemy >= 2.0.7
 _URLS = {"postgresql": "postgresql+psycopg://", "sqlite": "sqlite://"}
 
 
@@ -248,9 +252,11 @@ def pg_type_text(type_: types.TypeEngine[Any], dialect: Any) -> str:
         return "double precision"
     if isinstance(type_, types.CHAR):
         return "character" + (f"({type_.length})" if type_.length is not None else "")
-    if isinstance(type_, types.String) and not isinstance(type_, (types.TEXT, pg.CITEXT)):
+    if isinstance(type_, _CITEXT):
+        return "citext"
+    if isinstance(type_, types.String) and not isinstance(type_, types.TEXT):
         return "character varying" + (f"({type_.length})" if type_.length is not None else "")
-    if isinstance(type_, types.TEXT) and not isinstance(type_, pg.CITEXT):
+    if isinstance(type_, types.TEXT):
         return "text"
     plain = type_.copy()
     if hasattr(plain, "collation"):
