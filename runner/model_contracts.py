@@ -88,7 +88,8 @@ def load_model_contract(spec: str) -> Contract:
 
 def _import(spec: str, module_name: str) -> types.ModuleType:
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
+    added = cwd not in sys.path and "" not in sys.path  # the `migrate` script's sys.path lacks it
+    if added:
         sys.path.insert(0, cwd)
     try:
         return importlib.import_module(module_name)
@@ -104,6 +105,9 @@ def _import(spec: str, module_name: str) -> types.ModuleType:
     except (Exception, SystemExit) as err:  # noqa: BLE001 - the consumer's code: any error is bad input
         raise ConfigError(f"{OPTION} {spec}: importing '{module_name}' failed at {_where(err)}: "
                           f"{_one_line(err)}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def _where(err: BaseException) -> str:

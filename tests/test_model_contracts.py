@@ -102,6 +102,8 @@ def test_what_verify_predicts_is_what_the_orm_gets(pg_url, example_migrations, a
                 session.scalars(select(m018.Workflow)).all()
     finally:
         engine.dispose()
+        for name in ("shop.models017", "shop.models018", "shop"):
+            sys.modules.pop(name, None)
 
 
 def test_after_018_the_old_models_are_served_through_the_shim(pg_url, example_migrations, app):
