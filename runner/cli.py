@@ -190,15 +190,18 @@ def status(inv: Invocation, envs: tuple[str, ...]) -> int:
 @cli.command()
 @click.option("--consumer", "consumers", multiple=True, type=click.Path(), metavar="FILE",
               help="A consumer contract (TOML/JSON), several allowed: exit 0 only if the database serves each.")
+@click.option("--consumer-models", "consumer_models", multiple=True, metavar="MODULE:ATTR",
+              help="A consumer's SQLAlchemy models (e.g. myapp.models:Base), several allowed: checked like "
+                   "--consumer, with the columns its mapped classes select.")
 @click.pass_obj
-def verify(inv: Invocation, consumers: tuple[str, ...]) -> int:
+def verify(inv: Invocation, consumers: tuple[str, ...], consumer_models: tuple[str, ...]) -> int:
     """Exit 0 only when nothing is pending, modified or missing (the gate tests run first)."""
     from runner import commands
 
-    if consumers:
+    if consumers or consumer_models:
         from runner.cli_diagnose import verify_consumers
 
-        return verify_consumers(inv, consumers)
+        return verify_consumers(inv, consumers, consumer_models)
     result = commands.verify(inv.settings)
     data = dict(result.status.to_dict(), ok=result.ok, problems=result.problems)
     if not result.ok:

@@ -133,13 +133,18 @@ def lint_gate(inv: Any) -> None:
 
 
 # --------------------------------------------------------------------------- verify --consumer
-def verify_consumers(inv: Any, consumers: Sequence[str]) -> int:
-    """For ``migrate verify --consumer FILE ...``: print the result, return 0 (all served) or 1."""
+def verify_consumers(inv: Any, consumers: Sequence[str], models: Sequence[str] = ()) -> int:
+    """For ``migrate verify --consumer FILE ... --consumer-models MODULE:ATTR ...``: print the result,
+    return 0 (all served) or 1."""
     from runner.contracts import load_contracts, verify_consumers as check
 
-    load_contracts(consumers)  # bad files fail (exit 2) before any connection
+    contracts = load_contracts(consumers)  # bad files fail (exit 2) before any connection
+    if models:  # imports SQLAlchemy: only when asked
+        from runner.model_contracts import load_model_contracts
+
+        contracts += load_model_contracts(models)
     with inv.open_database(read_only=True) as db:
-        report = check(db, inv.settings, consumers)
+        report = check(db, inv.settings, contracts)
     if report.ok:
         inv.emit(report.as_dict(), report.as_text())
         return errors.OK

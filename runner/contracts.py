@@ -354,12 +354,13 @@ def load_contracts(paths: Sequence[Path | str]) -> list[Contract]:
     return [load_contract(Path(p)) for p in paths]
 
 
-def verify_consumers(db: Any, settings: Any, contract_files: Sequence[Path | str]) -> ContractReport:
-    """The entry point for ``migrate verify --consumer FILE``: files are read before the database is touched."""
+def verify_consumers(db: Any, settings: Any, contract_files: Sequence[Contract | Path | str]) -> ContractReport:
+    """The entry point for ``migrate verify --consumer FILE``: files are read before the database is touched
+    (Contract objects, e.g. from runner.model_contracts, are taken as they are)."""
     from runner import history
     from runner.sources import load_migrations
 
-    contracts = load_contracts(contract_files)
+    contracts = [c if isinstance(c, Contract) else load_contract(Path(c)) for c in contract_files]
     migrations = load_migrations(settings.migrations)
     applied = [a.migration_id for a in history.read_applied(db)]
     return check_contracts(db, contracts, migrations, applied,
