@@ -8,13 +8,13 @@ amount numeric(10,2), created_at timestamp...)`` plus an index on ``name``, it t
 snapshot with
 
 - ``queries``: runner.snapshot.take_snapshot (two catalog queries), and
-- ``inspector``: runner.reflection.reflect_snapshot (SQLAlchemy 2's bulk reflection on an
+- ``inspector``: snapshot_reflection.reflect_snapshot (bench/snapshot_reflection.py, not shipped) (SQLAlchemy 2's bulk reflection on an
   Engine that borrows the same connection),
 
 each in a FRESH Python process per round (as `migrate doctor` pays it: nothing cached), and
 prints the medians over rounds of
 
-- ``SA import``: importing SQLAlchemy, its dialect and runner.reflection (0 for ``queries``;
+- ``SA import``: importing SQLAlchemy, its dialect and snapshot_reflection (0 for ``queries``;
   runner.snapshot itself is imported by both: doctor needs it for the diff);
 - ``first``: the first snapshot on the connection (for the Inspector: engine, dialect
   initialisation on the borrowed connection, first compilation of its queries);
@@ -85,6 +85,17 @@ class _CountingConnection:
         return getattr(self._connection, name)
 
 
+def _queries(connection: Any, dialect: str, schema: str | None) -> dict[str, Any]:
+    """The runner's own reader (runner.snapshot.take_snapshot) on an already open connection."""
+    from runner.db import Database
+    from runner.dialects import for_url
+    from runner.snapshot import take_snapshot
+    from runner.urls import parse_url
+
+    address = parse_url("postgresql://bench@localhost/bench" if dialect == "postgresql" else "sqlite:///bench.db")
+    return take_snapshot(Database(connection=connection, dialect=for_url(address), schema=schema, address=address))
+
+
 def child(reader: str, dialect: str, target: str) -> None:
     """One measurement in a fresh process; prints one JSON line."""
     if dialect == "postgresql":
@@ -98,7 +109,7 @@ def child(reader: str, dialect: str, target: str) -> None:
 
     started = time.perf_counter()
     if reader == "inspector":
-        from runner import reflection
+        import snapshot_reflection as reflection
 
         if dialect == "postgresql":
             import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401 - create_engine would load it
@@ -106,7 +117,7 @@ def child(reader: str, dialect: str, target: str) -> None:
             import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401
         read = reflection.reflect_snapshot
     else:
-        read = snapshot.take_snapshot
+        read = _queries
     imported = time.perf_counter()
     first = read(connection, dialect, schema)
     done_first = time.perf_counter()
@@ -176,8 +187,9 @@ def run_child(reader: str, target: Target) -> dict[str, float]:
 
 def differences(target: Target) -> list[str]:
     """The changes diff_snapshots reports between the two readers' snapshots of ``target``."""
-    from runner.reflection import reflect_snapshot
-    from runner.snapshot import diff_snapshots, take_snapshot
+    from snapshot_reflection import reflect_snapshot
+
+    from runner.snapshot import diff_snapshots
 
     if target.dialect == "postgresql":
         import psycopg
@@ -187,7 +199,7 @@ def differences(target: Target) -> list[str]:
         connection = sqlite3.connect(target.where, isolation_level=None)
     schema = "public" if target.dialect == "postgresql" else None
     try:
-        changes = diff_snapshots(take_snapshot(connection, target.dialect, schema),
+        changes = diff_snapshots(_queries(connection, target.dialect, schema),
                                  reflect_snapshot(connection, target.dialect, schema))
     finally:
         connection.close()

@@ -91,9 +91,13 @@ def verify(settings: Settings) -> VerifyResult:
     """The gate: problems are pending, modified or missing migrations and expired shims."""
     from compat import lifecycle
 
+    files, hooks = load_folder(settings.migrations)
     with open_database(settings, read_only=True) as db:
-        state = status(settings, db)
+        state = compute(files, history.read_applied(db))
         problems = [f"{p}: pending: run `migrate up`" for p in state.pending] + drift_lines(state)
+        if history.post_apply_due(db, [h.id for h in hooks]):
+            problems.append(f"post-apply hook(s) {', '.join(h.id for h in hooks)} have not run since the last "
+                            "migration was applied (a hook failed?): fix it, then run `migrate up`")
         expired = lifecycle.audit(db, timedelta(0)).expired
     if expired:
         problems.append(lifecycle.expired_message(expired))

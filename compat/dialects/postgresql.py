@@ -483,7 +483,10 @@ class PostgresShims:
         first = snap.declarations[0]
         schema, view = self.location(ctx.settings, snap.name, version)
         assert schema is not None
-        self.require_ours(ctx.db, schema, registry, f"create shim {self.shim_name(schema, view)}")
+        try:
+            self.require_ours(ctx.db, schema, registry, f"create shim {self.shim_name(schema, view)}")
+        except UntrustedObject as refused:
+            raise MigrationFailed(f"{first.source}: {refused}; nothing was applied") from None
         if self.relation_exists(ctx.db, schema, view):
             raise MigrationFailed(
                 f"{first.source}: cannot create shim {self.shim_name(schema, view)}: {schema}.{view} already exists "
