@@ -51,11 +51,18 @@ def squawk_binary() -> str:
 
 def run_ours(path: Path) -> tuple[list[str], list[int]]:
     sys.path.insert(0, str(ROOT))
-    from runner.lint import ExposedShim, lint_migration
+    from datetime import datetime, timezone
+
+    from compat.model import Shim
+    from runner.lint import lint_migration
     from runner.sources import read_migration
 
-    shim = ExposedShim("compat_017.accounts", "compat_017", "accounts",
-                       frozenset({"id", "email", "email_address", "plan"}))
+    now = datetime.now(timezone.utc)
+    shim = Shim(id=1, name="compat_017.accounts", migration_id="018", table_schema="public", table_name="accounts",
+                old="-", new="-", renames=[], expose="old", as_of="017", compat_schema="compat_017",
+                view_name="accounts", columns=[{"name": c, "attnum": n} for n, c in
+                                               enumerate(("id", "email", "email_address", "plan"), 1)],
+                created_at=now, created_by="bench", created_client=None, expires_at=now, status="active")
     findings = lint_migration(read_migration(path), shims=[shim], server_version=None)
     return [f.rule for f in findings], [f.line for f in findings]
 
