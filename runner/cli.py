@@ -281,13 +281,10 @@ def _database_error_code(err: BaseException) -> int | None:
     """Exit code for a driver error raised outside a migration (those the executor translates):
     5 when the connection is gone, 2 for the rest (e.g. no CREATE privilege for the runner's
     tables); None when ``err`` is no database error at all (a bug: let it show)."""
-    from runner.dialects.postgresql import DIALECT as POSTGRESQL
-    from runner.dialects.sqlite import DIALECT as SQLITE
+    from runner.dialects import error_kind
 
-    for dialect in (POSTGRESQL, SQLITE):
-        if isinstance(err, dialect.errors):
-            return errors.UNREACHABLE if dialect.is_connection_error(err) else errors.USAGE
-    return None
+    kind = error_kind(err)
+    return None if kind is None else errors.UNREACHABLE if kind == "connection" else errors.USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,6 +133,18 @@ class Dialect(Protocol):
     def table_columns(self, db: Database, table: str) -> list[str] | None: ...
 
 
+def error_kind(err: BaseException) -> str | None:
+    """``"connection"`` when ``err`` is a driver error meaning the connection is gone, ``"database"``
+    for another driver error of any dialect, None for anything else (a bug)."""
+    from runner.dialects.postgresql import DIALECT as POSTGRESQL
+    from runner.dialects.sqlite import DIALECT as SQLITE
+
+    for dialect in (POSTGRESQL, SQLITE):
+        if isinstance(err, dialect.errors):
+            return "connection" if dialect.is_connection_error(err) else "database"
+    return None
+
+
 def for_url(address: DatabaseURL) -> Dialect:
     """The dialect of a parsed URL."""
     if address.dialect == "postgresql":
