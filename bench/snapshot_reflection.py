@@ -12,7 +12,7 @@ snapshots come from :mod:`runner.snapshot`, and a live snapshot compared with
 them must come from the same reader.
 
 What the Inspector cannot give back, so differs from ``take_snapshot`` (each
-difference is pinned by tests/test_reflection.py):
+difference is measured by bench/bench_snapshot.py):
 
 - ``num`` is the column's position (1, 2, ...), not PostgreSQL's ``attnum``: the
   two differ after a column was dropped (attnum keeps the gap), which is what

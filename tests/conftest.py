@@ -8,30 +8,17 @@ gets its own database, dropped afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
+import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_MIGRATIONS = ROOT / "migrations"
-ADMIN_URL = os.environ.get(
-    "MIGRATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def _with_database(url: str, dbname: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, ""))
+from helpers import ADMIN_URL, EXAMPLE_MIGRATIONS, run_migrate, with_database
 
 
 def admin_connect() -> psycopg.Connection:
@@ -45,7 +32,7 @@ def pg_url() -> Iterator[str]:
     with admin_connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _with_database(ADMIN_URL, name)
+        yield with_database(ADMIN_URL, name)
     finally:
         with admin_connect() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -78,23 +65,19 @@ def make_role() -> Iterator:
     yield make
     with admin_connect() as conn:
         for name in created:
-            for (db,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'migrate_test_%'").fetchall():
+            # Only the databases where the role owns or was granted something (pg_shdepend), not every one.
+            for (db,) in conn.execute(
+                    "SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend s"
+                    " JOIN pg_catalog.pg_database d ON d.oid = s.dbid"
+                    " WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass"
+                    " AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = %s)", (name,)).fetchall():
                 try:
-                    with psycopg.connect(_with_database(ADMIN_URL, db), autocommit=True) as c2:
+                    with psycopg.connect(with_database(ADMIN_URL, db), autocommit=True) as c2:
                         c2.execute("SET lock_timeout = '5s'")  # never hang on another test's open transaction
                         c2.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
                 except psycopg.Error:
                     pass
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def url_as(url: str, user: str, password: str | None = None) -> str:
-    """``url`` with its user (and password) replaced."""
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    port = f":{parts.port}" if parts.port else ""
-    auth = user + (f":{password}" if password else "")
-    return urlunsplit((parts.scheme, f"{auth}@{host}{port}", parts.path, parts.query, ""))
 
 
 @pytest.fixture
@@ -110,26 +93,27 @@ def example_migrations(tmp_path: Path) -> Path:
     return target
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_migrate(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                timeout: float = 120) -> Result:
-    """Run the ``migrate`` CLI in a subprocess (as a user or a pipeline would)."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MIGRATE_MIGRATIONS", "MIGRATE_CONFIG")}
-    full_env.update(env or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
 @pytest.fixture
 def migrate():
     """The ``run_migrate`` helper as a fixture."""
     return run_migrate
+
+
+PG_BIN = Path(os.environ.get("MIGRATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _missing(marker: str) -> str | None:
+    """Why a test with ``marker`` cannot run here (None: it can). CI runs as root with the binaries."""
+    if os.geteuid() != 0:
+        return f"{marker}: the suite is not running as root"
+    if marker == "private_cluster" and not (PG_BIN / "initdb").exists():
+        return f"{marker}: no PostgreSQL server binaries in {PG_BIN}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in ("needs_root", "private_cluster"):
+            reason = item.get_closest_marker(marker) and _missing(marker)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,24 +1,145 @@
-"""Small helpers shared by the runner tests."""
+"""The one helper stack of the test suite: running the CLI, writing migrations, reading the catalog.
+
+Fixtures live in conftest.py and build on these; every layer (unit, pg, sqlite, cli, reliability)
+imports from here. The suite's server is ``MIGRATE_TEST_DATABASE_URL`` (see conftest.py).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.sql
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MIGRATIONS = ROOT / "migrations"
+CONTRACTS = ROOT / "contracts"
+ADMIN_URL = os.environ.get("MIGRATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Settings a developer's shell may carry that would change what a test's `migrate` run does.
+_SCRUBBED = ("DATABASE_URL", "MIGRATE_MIGRATIONS", "MIGRATE_CONFIG", "MIGRATE_LOCK_TIMEOUT", "MIGRATE_LOCK_WAIT",
+             "MIGRATE_FORMAT", "MIGRATE_LOG_FORMAT", "MIGRATE_SCHEMA", "NO_COLOR")
 
 
-def write_migrations(folder: Path, files: dict[str, str]) -> Path:
+# ----------------------------------------------------------------------------- running the CLI
+@dataclass
+class Result:
+    """One finished `migrate` run."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float = 0.0
+
+    @property
+    def error_lines(self) -> list[str]:
+        """stderr lines that are not JSON log events."""
+        return [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("{")]
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def describe(self) -> str:
+        return f"migrate {' '.join(self.args)} -> exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+    def __repr__(self) -> str:
+        return f"Result(rc={self.returncode}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+def migrate_env(extra: dict[str, str] | None = None, json_logs: bool = False) -> dict[str, str]:
+    """The environment of a `migrate` subprocess: this one without the runner's settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env["PYTHONUNBUFFERED"] = "1"
+    if json_logs:
+        env["MIGRATE_LOG_FORMAT"] = "json"
+    env.update(extra or {})
+    return env
+
+
+def run_migrate(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120,
+                json_logs: bool = False) -> Result:
+    """Run the ``migrate`` CLI in a subprocess, as a user or a pipeline would. A traceback fails the test."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT,
+                          env=migrate_env(env, json_logs), capture_output=True, text=True, timeout=timeout)
+    result = Result(list(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    assert "Traceback" not in result.stderr, result.describe()
+    return result
+
+
+def migrate_json_logs(*args: str, **kwargs: Any) -> Result:
+    """:func:`run_migrate` with JSON log lines on stderr (so that plain lines are the errors)."""
+    return run_migrate(*args, json_logs=True, **kwargs)
+
+
+# ----------------------------------------------------------------------------- files
+def write_migrations(folder: Path, files: dict[str, str | bytes]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        (folder / name).write_text(content, encoding="utf-8")
+        path = folder / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
     return folder
+
+
+# ----------------------------------------------------------------------------- URLs
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def url_as(url: str, user: str, password: str | None = None) -> str:
+    """``url`` with its user (and password) replaced."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = f":{parts.port}" if parts.port else ""
+    auth = user + (f":{password}" if password else "")
+    return urlunsplit((parts.scheme, f"{auth}@{host}{port}", parts.path, parts.query, ""))
+
+
+# ----------------------------------------------------------------------------- the catalog
+def sql(url: str, *statements: str) -> list[Any]:
+    """Run statements on ``url`` (autocommit); returns the rows of the last one that returns rows."""
+    rows: list[Any] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            cur = conn.execute(statement)
+            if cur.description is not None:
+                rows = cur.fetchall()
+    return rows
+
+
+def scalar(url: str, query: str, params: tuple = ()) -> object:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchone()[0]
 
 
 def tables(url: str, schema: str = "public") -> set[str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+        rows = conn.execute("SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = %s", (schema,)).fetchall()
     return {r[0] for r in rows}
+
+
+def columns(url: str, table: str, schema: str = "public") -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY a.attnum", (schema, table)).fetchall()
+    return [r[0] for r in rows]
 
 
 def history(url: str) -> list[str]:
@@ -30,11 +151,6 @@ def history(url: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def scalar(url: str, query: str, params: tuple = ()) -> object:
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchone()[0]
-
-
 def hold_table(url: str, table: str, ready: threading.Event, release: threading.Event) -> None:
     """A report (application_name 'long-report') reading ``table``: holds its AccessShareLock,
     which a migration's ALTER TABLE must wait for, until ``release`` is set."""
@@ -44,3 +160,12 @@ def hold_table(url: str, table: str, ready: threading.Event, release: threading.
         ready.set()
         release.wait(60)
         conn.rollback()
+
+
+def expire_shims(url: str, schema: str = "public") -> int:
+    """Move every active shim's expiry into the past (the database's clock): no test sleeps for an expiry."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(
+            psycopg.sql.SQL("UPDATE {}.{} SET expires_at = now() - interval '1 minute' WHERE status = 'active'")
+            .format(psycopg.sql.Identifier(schema), psycopg.sql.Identifier("_migrate_shims")))
+        return cur.rowcount

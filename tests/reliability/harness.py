@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 
+from helpers import Result, migrate_env, run_migrate
+
 ROOT = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("MIGRATE_LONG_TESTS") == "1"
 FIGURES_ENV = "MIGRATE_RELIABILITY_FIGURES"
@@ -103,43 +105,14 @@ def admin_url_for(url: str) -> str:
 
 
 # ----------------------------------------------------------------------------- running the CLI
-@dataclass
-class Result:
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def error_lines(self) -> list[str]:
-        """stderr lines that are not JSON log events."""
-        return [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("{")]
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def describe(self) -> str:
-        return f"migrate {' '.join(self.args)} -> exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-
-
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "MIGRATE_MIGRATIONS", "MIGRATE_CONFIG", "MIGRATE_LOCK_TIMEOUT",
-                        "MIGRATE_LOCK_WAIT", "MIGRATE_FORMAT", "MIGRATE_LOG_FORMAT")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
+    return migrate_env(extra)
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> Result:
-    """Run `python -m runner ARGS` to completion; its outputs are checked for secrets."""
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout)
-    result = Result(list(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    """Run `python -m runner ARGS` to completion (helpers.run_migrate); its outputs are checked for secrets."""
+    result = run_migrate(*args, env=env, cwd=cwd, timeout=timeout)
     check_no_secret(f"migrate {args[:1]}", result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.describe()
     return result
 
 

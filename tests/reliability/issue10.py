@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from conftest import ADMIN_URL, EXAMPLE_MIGRATIONS
+from helpers import ADMIN_URL, EXAMPLE_MIGRATIONS
 from reliability import harness
 from reliability.harness import db_args, run
 

@@ -97,6 +97,7 @@ def test_terminated_at_random_moments(target, folder):
     FIGURES.add("terminate_backend", injected=RANDOM_TERMINATES, survived=RANDOM_TERMINATES, half_applied=0)
 
 
+@pytest.mark.private_cluster
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgres_restarted_during_a_run(private_cluster, private_target, folder, mode):
     """The server restarts (clean shutdown, or crash-like) while a migration is running."""
@@ -121,6 +122,7 @@ def test_postgres_restarted_during_a_run(private_cluster, private_target, folder
     FIGURES.add("postgres_restart", injected=1, survived=1, half_applied=0)
 
 
+@pytest.mark.private_cluster
 def test_postgres_down_then_back(private_cluster, private_target, folder):
     """Stopped during a run and still down: exit 5 naming the server (not the password); back up: completes."""
     target = private_target

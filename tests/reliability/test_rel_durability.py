@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 
 from reliability import harness
 from reliability.conftest import new_private_cluster
@@ -33,6 +34,7 @@ def _applied(url: str) -> tuple[list[str], set[str]]:
     return ids, tables
 
 
+@pytest.mark.private_cluster
 def test_a_crash_after_a_failed_run_keeps_what_it_reported_applied(folder):
     ids = [f"{i:03d}_t{i}" for i in range(1, COUNT + 1)]
     harness.write(folder, {**{f"{mid}.sql": f"CREATE TABLE t{i} (id int);" for i, mid in enumerate(ids, 1)},

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from reliability.conftest import new_private_cluster
 from reliability.harness import db_args, run
@@ -17,6 +18,7 @@ from reliability.harness import db_args, run
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.private_cluster
 def test_shims_drop_reports_statements_that_used_the_shim(tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(ROOT / "migrations", migrations)

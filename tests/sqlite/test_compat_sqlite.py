@@ -9,7 +9,7 @@ import pytest
 
 from runner.config import CompatSettings, Settings
 from runner.errors import MigrationFailed
-from test_compat_support import COLUMNS_017, TABLE, m018, migration, shims_of, sqlite_runner, story_to_017
+from compat_support import COLUMNS_017, TABLE, m018, migration, shims_of, sqlite_runner, story_to_017
 
 VIEW = f"{TABLE}__v017"
 

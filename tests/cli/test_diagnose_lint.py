@@ -3,15 +3,12 @@ migrations, active shims and `migrate up --lint`."""
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from diagnose_support import migrate, sql, write_migrations  # noqa: E402
+from helpers import migrate_json_logs as migrate, sql, write_migrations
 
 from runner.errors import ConfigError, MigrationFileError  # noqa: E402
 from compat.model import Shim  # noqa: E402

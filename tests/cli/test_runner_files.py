@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import run_migrate
+from helpers import run_migrate
 from helpers import history, tables, write_migrations
 from runner.errors import MigrationFileError
 from runner.goose import parse_goose

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import run_migrate
+from helpers import run_migrate
 from helpers import history, scalar, tables, write_migrations
 from runner.db import connect
 from runner.dialects import ScriptFailed

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from diagnose_support import columns, migrate, sql, write_migrations  # noqa: E402
+from helpers import columns, migrate_json_logs as migrate, sql, write_migrations
 
 from runner.adopt import AdoptRefused, ForeignHistory, plan_adoption  # noqa: E402
 from runner.sources import load_migrations  # noqa: E402

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_migrate
+from helpers import ROOT, run_migrate
 from sqlalchemy import create_engine, exc, select
 from sqlalchemy.orm import Session
 

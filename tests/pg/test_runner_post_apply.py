@@ -8,7 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from conftest import run_migrate
+from helpers import run_migrate
 from helpers import history, scalar, write_migrations
 
 HOOK = "-- rebuilt after every up\nCREATE OR REPLACE VIEW v_t1 AS SELECT id FROM t1;\nINSERT INTO hook_runs DEFAULT VALUES;\n"

@@ -9,10 +9,10 @@ import pytest
 from psycopg import sql
 
 from compat.hook import CompatHook
-from conftest import url_as
+from helpers import url_as
 from runner.config import CompatSettings, Settings
 from runner.errors import MigrationFailed
-from test_compat_support import (
+from compat_support import (
     COLUMNS_017,
     DIRECTIVE_018,
     M018,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_migrate
+from helpers import run_migrate
 from helpers import write_migrations
 from runner import history, yoyo_adapter
 from runner.db import connect, transaction
@@ -42,7 +42,7 @@ def test_claimed_range_holds_the_installed_yoyo() -> None:
 
 
 def test_only_the_adapter_imports_yoyo() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     importers = sorted(str(p.relative_to(root)) for folder in ("runner", "compat") for p in (root / folder).rglob("*.py")
                        if any(line.lstrip().startswith(("import yoyo", "from yoyo"))
                               for line in p.read_text(encoding="utf-8").splitlines()))

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import ROOT, run_migrate
+from helpers import ROOT, run_migrate
 from helpers import history, hold_table, scalar, tables, write_migrations
 
 
@@ -226,6 +226,7 @@ def test_failing_statement_rolls_back_whole_migration_and_names_it(pg_url: str, 
     assert "partial" not in tables(pg_url) and history(pg_url) == ["001_ok"]
 
 
+@pytest.mark.needs_root
 def test_arbitrary_uid_without_passwd_entry_and_c_locale(pg_url: str, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path / "m", {
         "001_unicode.sql": "-- Catalogue des flux — “café” ✓\nCREATE TABLE café (naïve text DEFAULT 'déjà vu');\n"

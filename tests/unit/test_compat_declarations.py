@@ -18,7 +18,7 @@ from compat.declarations import (
 )
 from runner.config import Settings, load_settings
 from runner.errors import ConfigError, MigrationFileError
-from test_compat_support import migration
+from compat_support import migration
 
 
 def test_basic_directive():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_migrate, url_as
+from helpers import run_migrate, url_as
 from helpers import history, tables, write_migrations
 from runner.config import load_settings
 from runner.errors import ConfigError

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import EXAMPLE_MIGRATIONS, run_migrate
+from helpers import EXAMPLE_MIGRATIONS, run_migrate
 from helpers import history, tables, write_migrations
 
 

@@ -7,15 +7,12 @@ execution_bundle" because a test environment had 017 applied but not 018.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from diagnose_support import CONTRACTS, columns, migrate, sql  # noqa: E402
+from helpers import columns, CONTRACTS, migrate_json_logs as migrate, sql
 
 from runner.contracts import load_contract  # noqa: E402
 from runner.errors import ConfigError  # noqa: E402

@@ -11,10 +11,10 @@ from psycopg import sql
 
 from compat import lifecycle, routes
 from runner.config import Settings
-from conftest import url_as
+from helpers import expire_shims, url_as
 from runner.db import connect
 from runner.errors import UsageError
-from test_compat_support import COLUMNS_017, DIRECTIVE_018, TABLE, m018, pg_runner, sqlite_runner, story_to_017
+from compat_support import COLUMNS_017, DIRECTIVE_018, TABLE, m018, pg_runner, sqlite_runner, story_to_017
 
 SHIM = f"compat_017.{TABLE}"
 
@@ -52,9 +52,9 @@ def test_list_and_summary(shimmed):
 def test_audit_expiry(pg_conn, pg_url):
     r = pg_runner(pg_conn)
     story_to_017(r)
-    r.apply(m018(DIRECTIVE_018.replace("window=14d", "window=1s")))
+    r.apply(m018(DIRECTIVE_018))
+    assert expire_shims(pg_url) == 1
     with connect(pg_url) as db:
-        time.sleep(2)
         report = lifecycle.audit(db, timedelta(days=7))
         assert not report.ok and [s.name for s in report.expired] == [SHIM] and report.expiring == []
         with pytest.raises(lifecycle.ShimsExpired) as err:
@@ -117,13 +117,14 @@ def test_drop_force_and_lock_timeout(shimmed, pg_url):
 def test_drop_expired_and_unknown(pg_conn, pg_url):
     r = pg_runner(pg_conn)
     story_to_017(r)
-    r.apply(m018(DIRECTIVE_018.replace("window=14d", "window=1s")))
+    r.apply(m018(DIRECTIVE_018))
     with connect(pg_url) as db:
         with pytest.raises(UsageError, match=rf"no active shim named nope \(active shims: {SHIM}\)"):
             lifecycle.drop(db, ["nope"])
         with pytest.raises(UsageError, match="--expired"):
             lifecycle.drop(db)
-        time.sleep(1.5)
+        assert lifecycle.drop(db, expired=True).dropped == []  # not expired yet
+        assert expire_shims(pg_url) == 1
         report = lifecycle.drop(db, expired=True)
         assert [s.reason for s in report.dropped] == ["expired"]
         assert lifecycle.drop(db, expired=True).dropped == []

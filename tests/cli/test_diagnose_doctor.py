@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from diagnose_support import migrate, sql  # noqa: E402
+from helpers import migrate_json_logs as migrate, sql
 
 CATALOG = "remediation_workflow_catalog"
 M018 = "018_rename_execution_bundle_to_container_image"

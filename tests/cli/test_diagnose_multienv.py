@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from diagnose_support import migrate, sql  # noqa: E402
+from helpers import migrate_json_logs as migrate, sql
 
 UNREACHABLE = "postgresql://postgres:hunter2@127.0.0.1:1/nowhere"
 

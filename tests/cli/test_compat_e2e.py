@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import ROOT, Result, run_migrate, url_as
-from test_compat_support import COLUMNS_017, TABLE
+from helpers import ROOT, Result, expire_shims, run_migrate, url_as
+from compat_support import COLUMNS_017, TABLE
 
 SHIM = f"compat_017.{TABLE}"
 M017 = "017_add_execution_bundle"
 M018 = "018_rename_execution_bundle_to_container_image"
 
 # `migrate shims ...`; registers the group first when runner/cli.py does not yet (no-op once it does).
-_SHIMS_MAIN = (
-    "import sys\nfrom runner import cli as c\nfrom compat.cli import shims\n"
-    "if 'shims' not in c.cli.commands:\n    c.cli.add_command(shims)\nsys.exit(c.main(sys.argv[1:]))"
-)
-
-
 def shims_cli(*args: str, cwd: Path | None = None) -> Result:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MIGRATE_MIGRATIONS", "MIGRATE_CONFIG")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, "-c", _SHIMS_MAIN, "shims", *args], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return run_migrate("shims", *args, cwd=cwd)
 
 
 def consumer(url: str, search_path: str, **kwargs) -> psycopg.Connection:
@@ -106,10 +92,9 @@ def test_story(pg_url: str, example_migrations: Path):
 
 
 def test_expiry_makes_audit_exit_1(pg_url: str, example_migrations: Path):
-    path = example_migrations / f"{M018}.sql"
-    path.write_text(path.read_text().replace("window=14d", "window=1s"))
     up(pg_url, example_migrations)
-    time.sleep(2)
+    assert shims_cli("audit", "--database", pg_url).returncode == 0
+    assert expire_shims(pg_url) == 1
     late = shims_cli("audit", "--database", pg_url, "--format", "json")
     assert late.returncode == 1
     assert json.loads(late.stdout)["expired"][0]["name"] == SHIM

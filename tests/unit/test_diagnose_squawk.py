@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "lint_vs_squawk.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "lint_vs_squawk.py"
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import sqlite3
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from diagnose_support import migrate, sql  # noqa: E402
+from helpers import migrate_json_logs as migrate, sql
 
 from runner.config import Settings  # noqa: E402
 from runner.db import Database, connect, transaction  # noqa: E402

@@ -10,9 +10,9 @@ import pytest
 
 from compat.declarations import parse_rename
 from compat.python import rename_column
-from conftest import ROOT, run_migrate
+from helpers import ROOT, run_migrate
 from runner.sources import load_migrations
-from test_compat_support import COLUMNS_017, TABLE
+from compat_support import COLUMNS_017, TABLE
 
 PY_018 = f'''"""Rename the execution bundle (Python migration)."""
 from yoyo import step
