@@ -75,21 +75,29 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tupl
     path_text = explicit or env.get(CONFIG_ENV)
     if path_text:
         path = (cwd / path_text) if not os.path.isabs(path_text) else Path(path_text)
-        if not path.is_file():
+        if not _is_file(path):
             raise ConfigError(f"config file not found: {path_text}")
         data = _read_toml(path)
         if path.name == "pyproject.toml":
             return path, data.get("tool", {}).get("migrate", {})
         return path, data
     candidate = cwd / "migrate.toml"
-    if candidate.is_file():
+    if _is_file(candidate):
         return candidate, _read_toml(candidate)
     candidate = cwd / "pyproject.toml"
-    if candidate.is_file():
+    if _is_file(candidate):
         table = _read_toml(candidate).get("tool", {}).get("migrate")
         if table is not None:
             return candidate, table
     return None, {}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except PermissionError:
+        raise ConfigError(f"cannot look for a config file at {path}: permission denied"
+                          " (run from a directory this user can read, or pass --config)") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -67,8 +67,8 @@ def make_role() -> Iterator:
         for name in created:
             # Only the databases where the role owns or was granted something (pg_shdepend), not every one.
             for (db,) in conn.execute(
-                    "SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend s"
-                    " JOIN pg_catalog.pg_database d ON d.oid = s.dbid"
+                    "SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend s JOIN pg_catalog.pg_database d"
+                    " ON d.oid = CASE WHEN s.dbid = 0 THEN s.objid ELSE s.dbid END"  # 0: a grant on a database
                     " WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass"
                     " AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = %s)", (name,)).fetchall():
                 try:

@@ -169,3 +169,22 @@ def expire_shims(url: str, schema: str = "public") -> int:
             psycopg.sql.SQL("UPDATE {}.{} SET expires_at = now() - interval '1 minute' WHERE status = 'active'")
             .format(psycopg.sql.Identifier(schema), psycopg.sql.Identifier("_migrate_shims")))
         return cur.rowcount
+
+
+# ----------------------------------------------------------------------------- gates (no timer-based races)
+GATE_WAIT = ("DO $$ BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.test_gate) LOOP PERFORM pg_sleep(0.02); END LOOP;"
+             " END $$;\n")
+"""A statement for a migration that holds it open until the test calls :func:`open_gate` (not a lock wait)."""
+
+
+def make_gate(url: str, *readers: str) -> None:
+    """Create the (closed) gate :data:`GATE_WAIT` polls, readable by ``readers`` (role names)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.test_gate (opened int)")
+        for role in readers:
+            conn.execute(psycopg.sql.SQL("GRANT SELECT ON public.test_gate TO {}").format(psycopg.sql.Identifier(role)))
+
+
+def open_gate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.test_gate VALUES (1)")

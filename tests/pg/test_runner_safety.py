@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -158,6 +159,17 @@ def test_lock_timeout_retries_then_names_the_blocker(pg_url: str, tmp_path: Path
     assert run_migrate("up", "--database", pg_url, "--migrations", str(folder)).returncode == 0
 
 
+def _release_after_second_try(url: str, release: threading.Event) -> None:
+    tries: set = set()
+    with psycopg.connect(url, autocommit=True) as conn:
+        while len(tries) < 2 and not release.is_set():
+            tries.update(row[0] for row in conn.execute(
+                "SELECT query_start FROM pg_catalog.pg_stat_activity WHERE datname = pg_catalog.current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%%ALTER TABLE accounts%%'"))
+            release.wait(0.02)
+    release.set()
+
+
 def test_lock_timeout_retry_succeeds_when_blocker_goes_away(pg_url: str, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path / "m", {"001_accounts.sql": "CREATE TABLE accounts (id int);"})
     assert run_migrate("up", "--database", pg_url, "--migrations", str(folder)).returncode == 0
@@ -166,8 +178,10 @@ def test_lock_timeout_retry_succeeds_when_blocker_goes_away(pg_url: str, tmp_pat
     thread = threading.Thread(target=_blocker, args=(pg_url, ready, release))
     thread.start()
     ready.wait(10)
-    threading.Timer(0.8, release.set).start()
+    # The blocker goes away once the server shows the ALTER waiting on its second try (not after a timer).
+    threading.Thread(target=_release_after_second_try, args=(pg_url, release), daemon=True).start()
     result = run_migrate("up", "--lock-timeout", "200ms", "--database", pg_url, "--migrations", str(folder))
+    release.set()
     thread.join()
     assert result.returncode == 0, result.stderr
     assert "lock timeout, retrying" in result.stderr
@@ -232,9 +246,10 @@ def test_arbitrary_uid_without_passwd_entry_and_c_locale(pg_url: str, tmp_path: 
         "001_unicode.sql": "-- Catalogue des flux — “café” ✓\nCREATE TABLE café (naïve text DEFAULT 'déjà vu');\n"
                            "INSERT INTO café DEFAULT VALUES;",
     })
-    os.chmod(tmp_path, 0o755)
-    os.chmod(tmp_path.parent, 0o755)
-    os.chmod(tmp_path.parent.parent, 0o755)
+    for folder_up in [tmp_path, *tmp_path.parents]:  # pytest's temporary folders are private to root
+        if folder_up == Path(tempfile.gettempdir()):
+            break
+        os.chmod(folder_up, 0o755)
     # An interpreter that user 54321 may execute (this venv's may live under /root): the
     # system Python of the same version, with this checkout and the venv's packages on its path.
     interpreter = sys.executable

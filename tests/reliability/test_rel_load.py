@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
+from helpers import GATE_WAIT, make_gate, open_gate
 from reliability import harness, sets
 from reliability.harness import FIGURES, Spawned, db_args, run
 
@@ -72,7 +73,10 @@ def _sample_up_waits(admin: str, database: str, stop: threading.Event, seen: lis
 
 def test_twenty_readers_while_up_runs(target, folder):
     count = 10
-    ids = sets.numbered(folder, 1, count, slow={i: 0.9 for i in range(2, count + 1)})
+    ids = sets.numbered(folder, 1, count, slow={i: 0.3 for i in range(2, count + 1)})
+    last = folder / f"{ids[-1]}.sql"  # `up` stays inside the last migration until every reader is done
+    last.write_text(GATE_WAIT + last.read_text(), encoding="utf-8")
+    make_gate(target.admin, target.role)
     shims = harness.compat_ready()
     up = Spawned(*db_args(target.url, folder, "up", *_compat_args()))
     with target.admin_conn() as conn:
@@ -89,6 +93,7 @@ def test_twenty_readers_while_up_runs(target, folder):
             readers.append(("verify", Spawned(*db_args(target.url, folder, "verify", "--format", "json"))))
     results = [(kind, p.wait(timeout=60)) for kind, p in readers]
     up_running_when_readers_done = up.alive()
+    open_gate(target.admin)
     up_result = up.wait(timeout=120)
     stop.set()
     sampler.join(timeout=10)
