@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from conftest import run_migrate
-from helpers import history, scalar, write_migrations
+from helpers import history, run_migrate, scalar, write_migrations
 
 
 def _up(url: str, folder: Path):
@@ -76,45 +73,3 @@ def test_schema_migrations_after_a_data_migration_still_batch(pg_url: str, tmp_p
     assert _batches(result.stderr) == {"001_t": 2, "002_u": 2, "004_idx": 3, "005_col": 3, "006_view": 3}
 
 
-@pytest.mark.parametrize("sql, batchable", [
-    ("CREATE TABLE t (id int PRIMARY KEY, n int DEFAULT nextval('s'), c text CHECK (c <> 'x'))", True),
-    ("CREATE TABLE t AS SELECT nextval('s')", False),
-    ("CREATE MATERIALIZED VIEW m AS SELECT f()", False),
-    ("SELECT nextval('s') INTO t", False),
-    ("CREATE TABLE t (id int, e int GENERATED ALWAYS AS (id + f()) STORED)", False),
-    ("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (f()) TO (10)", False),
-    ("CREATE TABLE c (LIKE p INCLUDING ALL)", False),
-    ("CREATE INDEX ON t ((lower(name)))", False),
-    ("CREATE INDEX ON t (id) WHERE f(id)", False),
-    ("CREATE INDEX CONCURRENTLY ON t (id)", False),
-    ("ALTER TABLE t ADD COLUMN z int DEFAULT f()", False),
-    ("ALTER TABLE t ADD COLUMN z int DEFAULT 0 NOT NULL", True),
-    ("ALTER TABLE t ADD COLUMN z my_domain", False),
-    ("ALTER TABLE t ALTER COLUMN z SET DEFAULT f()", True),
-    ("ALTER TABLE t ALTER COLUMN z TYPE bigint USING f(z)", False),
-    ("ALTER TABLE t ADD CONSTRAINT c CHECK (f(z))", False),
-    ("ALTER TABLE t ADD CONSTRAINT c CHECK (f(z)) NOT VALID", True),
-    ("CREATE VIEW v AS SELECT f()", True),
-    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT nextval('s')::int $$", True),
-    ("CREATE FUNCTION f() RETURNS int LANGUAGE plpython3u AS $$ return 1 $$", False),
-    ("CREATE EXTENSION dblink", False),
-    ("CREATE EVENT TRIGGER e ON ddl_command_end EXECUTE FUNCTION f()", False),
-    ("DO $$ BEGIN PERFORM nextval('s'); END $$", False),
-    ("CALL p()", False),
-    ("COPY t FROM PROGRAM 'true'", False),
-    ("NOTIFY ch", False),
-    ("SELECT pg_notify('ch', 'x')", False),
-    ("INSERT INTO t VALUES (1)", False),
-    ("ALTER SEQUENCE s RESTART", False),
-    ("SET search_path = app", False),
-    ("CREATE SCHEMA app CREATE TABLE x (id int) CREATE VIEW y AS SELECT 1", True),
-    ("CREATE SCHEMA app CREATE TABLE x AS SELECT 1", False),
-    ("GRANT SELECT ON t TO PUBLIC", True),
-    ("COMMENT ON TABLE t IS 'x'", True),
-    ("DROP TABLE t CASCADE", True),
-    ("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT)", False),  # pglast cannot parse it
-])
-def test_effect_free_rule(sql: str, batchable: bool) -> None:
-    from runner.statement_kinds import effect_free
-
-    assert effect_free(sql) is batchable

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from conftest import run_migrate
-from helpers import history, scalar, tables, write_migrations
-from runner.migration import Statement
+from helpers import history, run_migrate, scalar, tables, write_migrations
 
 
 def _run(url: str, folder: Path, *args: str):
@@ -92,27 +88,3 @@ def test_sqlite_only_syntax_falls_back_to_the_lexer(sqlite_url: str, tmp_path: P
     _refused(_run(sqlite_url, folder, "up"), "001_t.sql:2", "BEGIN")
 
 
-@pytest.mark.parametrize("sql, words", [
-    ("BEGIN", "BEGIN"), ("begin transaction isolation level serializable", "BEGIN"),
-    ("START TRANSACTION", "START TRANSACTION"), ("COMMIT", "COMMIT"), ("END", "END"),
-    ("COMMIT AND CHAIN", "COMMIT"), ("ROLLBACK", "ROLLBACK"), ("ABORT", "ABORT"), ("SAVEPOINT s", "SAVEPOINT"),
-    ("RELEASE SAVEPOINT s", "RELEASE"), ("ROLLBACK TO SAVEPOINT s", "ROLLBACK TO SAVEPOINT"),
-    ("PREPARE TRANSACTION 'x'", "PREPARE TRANSACTION"), ("COMMIT PREPARED 'x'", "COMMIT PREPARED"),
-    ("ROLLBACK PREPARED 'x'", "ROLLBACK PREPARED"), ("/* c */ -- c\n  COMMIT", "COMMIT"),
-])
-def test_every_transaction_statement_is_found(sql: str, words: str) -> None:
-    from runner.statement_kinds import transaction_control
-
-    found = transaction_control(Statement(sql=sql + ";", line=7))
-    assert found is not None and found[1] == words
-    assert found[0] == 7 + sql.count("\n")
-
-
-@pytest.mark.parametrize("sql", [
-    "DO $$ BEGIN COMMIT; END $$;", "PREPARE plan AS SELECT 1;", "SELECT 'COMMIT';", "CREATE TABLE commit_log (id int);",
-    "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;", "-- COMMIT\nSELECT 1;",
-])
-def test_statements_that_only_mention_the_words_are_not(sql: str) -> None:
-    from runner.statement_kinds import transaction_control
-
-    assert transaction_control(Statement(sql=sql, line=1)) is None
