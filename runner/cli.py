@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import click
 
 from runner import errors
+from runner.secrets import redact_data, redact_text
 
 GLOBAL_OPTIONS = ("--database", "--migrations", "--config", "--format", "--log-format")
 
@@ -52,9 +53,9 @@ class Invocation:
     def emit(self, data: Any, text: str) -> None:
         """Print ``data`` as one JSON document (--format json) or ``text``."""
         if self.json:
-            click.echo(json.dumps(data, indent=2, default=str), file=self.out)
+            click.echo(redact_text(json.dumps(redact_data(data), indent=2, default=str)), file=self.out)
         elif text:
-            click.echo(text, file=self.out)
+            click.echo(redact_text(text), file=self.out)
 
 
 def reorder(argv: Sequence[str]) -> list[str]:
@@ -207,7 +208,7 @@ def verify(inv: Invocation, consumers: tuple[str, ...], consumer_models: tuple[s
     if not result.ok:
         inv.emit(data, "")
         for line in result.problems:
-            click.echo(f"migrate: verify: {line}", err=True)
+            click.echo(redact_text(f"migrate: verify: {line}"), err=True)
         return errors.NOT_AT_HEAD
     inv.emit(data, f"ok: database is at head ({result.status.head or 'no migrations'})")
     return errors.OK
@@ -296,10 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("migrate: error: interrupted", err=True)
         return 130
     except click.ClickException as err:
-        click.echo(f"migrate: error: {err.format_message()}", err=True)
+        click.echo(redact_text(f"migrate: error: {err.format_message()}"), err=True)
         return errors.USAGE
     except errors.MigrateError as err:
-        click.echo(f"migrate: error: {err}", err=True)
+        click.echo(redact_text(f"migrate: error: {err}"), err=True)
         return err.exit_code
     except KeyboardInterrupt:
         click.echo("migrate: error: interrupted", err=True)

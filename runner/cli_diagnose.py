@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from runner import errors
+from runner.secrets import redact_data, redact_text
 
 
 class LintFailed(errors.MigrateError):
@@ -126,7 +127,7 @@ def lint_gate(inv: Any) -> None:
     """For ``migrate up --lint``: lint what is pending; print findings on stderr; raise LintFailed on errors."""
     report = run_lint(inv.settings)
     if report.findings:
-        click.echo(_relative("\n".join(f.as_text() for f in report.findings)), err=True)
+        click.echo(redact_text(_relative("\n".join(f.as_text() for f in report.findings))), err=True)
     if report.errors:
         raise LintFailed(f"lint: {len(report.errors)} error(s) in pending migrations: nothing applied "
                          "(fix them, or disable a rule with `-- lint: disable=RULE`)")
@@ -152,7 +153,7 @@ def verify_consumers(inv: Any, consumers: Sequence[str], models: Sequence[str] =
     for result in report.results:
         if not result.ok:
             for reason in result.reasons:
-                click.echo(f"migrate: verify: {result.consumer}: {reason}", err=True)
+                click.echo(redact_text(f"migrate: verify: {result.consumer}: {reason}"), err=True)
     return errors.NOT_AT_HEAD
 
 
@@ -166,9 +167,9 @@ def multi_status(inv: Any, targets: Sequence[str]) -> int:
     rows = multienv.status_rows(multienv.parse_targets(targets, settings.environments), settings)
     out = getattr(inv, "out", None)  # the real stdout (sys.stdout is stderr while a command runs)
     if settings.format == "json":
-        click.echo(json.dumps({"environments": multienv.as_json(rows)}, indent=2, default=str), file=out)
+        click.echo(redact_text(json.dumps(redact_data({"environments": multienv.as_json(rows)}), indent=2, default=str)), file=out)
     else:
-        click.echo(multienv.render(rows), file=out)
+        click.echo(redact_text(multienv.render(rows)), file=out)
     return multienv.exit_code(rows)
 
 

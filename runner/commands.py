@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from compat.hook import CompatHook
-from runner import adopt, history
+from runner import adopt, history, statement_kinds
 from runner.config import Settings
 from runner.db import Database, open_database, transaction
 from runner.engine import Engine
@@ -119,6 +119,7 @@ def _what_to_apply(db: Database, files: list[MigrationFile], to: str | None) -> 
     state = compute(files, history.read_applied(db))
     _refuse_drift(state)
     todo = _select_up_to(files, state.pending, to)
+    statement_kinds.refuse_transaction_control(todo)  # BEGIN/COMMIT... in a transactional migration: exit 2
     if not state.applied:
         foreign = adopt.foreign_history(db)
         if foreign is not None:
@@ -195,6 +196,7 @@ def up(
     """Apply pending migrations in order, each exactly once, under the runner's lock."""
     started = time.perf_counter()
     files, post_apply = load_folder(settings.migrations)
+    statement_kinds.refuse_transaction_control(post_apply)
     result = UpResult(dry_run=dry_run)
     with open_database(settings) as db:
         result.database = db.url
@@ -286,6 +288,7 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
             if not migration.has_down:
                 raise UsageError(f"{migration.path}: {mid} has no rollback (no Down section or .rollback.sql); "
                                  "nothing was rolled back after it")
+        statement_kinds.refuse_transaction_control([by_id[mid] for mid in victims], "rollback")
         engine = Engine(db, settings, default_hooks(settings, final_migration_id=victims[-1] if victims else None))
         for mid in victims:
             index = order[mid]

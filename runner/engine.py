@@ -13,9 +13,10 @@ How a list of migrations is applied (:meth:`Engine.apply`):
   statement_timeout, the bookkeeping as one statement, COMMIT and the session reset; otherwise
   the same in three round trips around the hooks;
 * on a fresh database (nothing applied, no other object, no event trigger, no other client),
-  runs of migrations whose every statement is free of effects outside the transaction go up to
-  BATCH_MAX per transaction and query, and fall back to one by one on any failure; whether
-  another client connected is checked again before every batch;
+  runs of migrations whose every statement is free of effects outside the transaction (decided
+  from the parse tree: runner.statement_kinds.effect_free) go up to BATCH_MAX per transaction and
+  query, and fall back to one by one on any failure; whether another client connected is checked
+  again before every batch, and whether an event trigger exists once a migration ran on its own;
 * durability: a migration sent in one query commits with ``synchronous_commit = off`` unless
   FLUSH_EVERY has passed since a COMMIT last waited for the WAL flush; migrations are reported
   applied once known durable (:meth:`Engine.make_durable`).
@@ -92,6 +93,7 @@ class Engine:
         makes it fresh: batches are allowed)."""
         dialect = self.db.dialect
         fresh = bool(todo) and nothing_applied and dialect.one_query and dialect.is_fresh(self.db, OWN_TABLES)
+        ran_alone = False  # a migration ran on its own since the last check: it may have made an event trigger
         i = 0
         while i < len(todo):
             batch = [todo[i]]
@@ -99,6 +101,11 @@ class Engine:
                 while (len(batch) < BATCH_MAX and i + len(batch) < len(todo)
                        and self.batchable(todo[i + len(batch)], previous_of[todo[i + len(batch)].id])):
                     batch.append(todo[i + len(batch)])
+            if len(batch) > 1 and ran_alone:
+                ran_alone = False
+                if dialect.has_event_triggers(self.db):
+                    fresh = False  # its function would run on every DDL of a batch: one by one from now on
+                    batch = batch[:1]
             if len(batch) > 1 and not dialect.others_connected(self.db):
                 for migration in batch:
                     progress.applying(migration, len(batch))
@@ -111,6 +118,7 @@ class Engine:
                     progress.batch_failed(batch, str(err))
             elif len(batch) > 1:
                 fresh = False  # another client is here now: one transaction per migration from now on
+            ran_alone = True
             for migration in batch:
                 progress.applying(migration, 1)
                 try:

@@ -11,16 +11,16 @@ import logging
 import sys
 from typing import Any
 
-from runner.urls import redact
+from runner.secrets import redact_data
 
 # The configuration asked for by configure(), applied before the next event; None once applied.
 _pending: tuple[str, int] | None = None
 
 
-def _redact_urls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Passwords of URLs and DSNs, and SQL password literals, hidden in every value (runner.secrets)."""
     for key, value in event.items():
-        if isinstance(value, str) and "://" in value:
-            event[key] = redact(value)
+        event[key] = redact_data(value)
     return event
 
 
@@ -46,7 +46,7 @@ def _apply(log_format: str, level: int) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact_urls,
+            _redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -20,14 +20,14 @@ _DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES),
 _COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
 
 
-def _split(text: str) -> tuple[list[str], bool]:
-    """The statements of ``text``, each as written (with its final ``;``), and whether PostgreSQL's
-    grammar split them."""
+def _split(text: str) -> tuple[list[tuple[int, str]], bool]:
+    """The statements of ``text``, each as written (with its final ``;``) with its character offset
+    in ``text``, and whether PostgreSQL's grammar split them."""
     semicolons = text.count(";")
     if semicolons == 0 or (semicolons == 1 and text.rstrip().endswith(";")):
         # Nothing to split (the common one-statement file): no parser needed.
         stripped = text.strip()
-        return ([stripped] if stripped else []), True
+        return ([(text.index(stripped), stripped)] if stripped else []), True
     from pglast.parser import ParseError, split
 
     try:
@@ -35,30 +35,42 @@ def _split(text: str) -> tuple[list[str], bool]:
     except ParseError:
         import sqlparse
 
-        return sqlparse.split(text), False
-    return [text[part.start:part.stop + (text[part.stop:part.stop + 1] == ";")] for part in parts], True
+        located = []
+        position = 0
+        for chunk in sqlparse.split(text):
+            index = text.find(chunk, position)
+            if index < 0:  # the splitter normalised something; fall back to the last position
+                index = position
+            position = index + len(chunk)
+            located.append((index, chunk))
+        return located, False
+    return [(part.start, text[part.start:part.stop + (text[part.stop:part.stop + 1] == ";")]) for part in parts], True
 
 
 def split_statements(text: str, first_line: int = 1) -> list[Statement]:
-    """Statements of ``text``; ``first_line`` is the file line ``text`` starts on."""
+    """Statements of ``text``; ``first_line`` is the file line ``text`` starts on.
+
+    Linear in the size of ``text``: line numbers are counted from one statement to the next, never
+    from the start of the text again (bench/bench_split.py)."""
     statements: list[Statement] = []
-    position = 0
     chunks, exact = _split(text)
-    for chunk in chunks:
+    counted = 0  # newlines of text[:counted] are in ``line``
+    line = first_line
+    for index, chunk in chunks:
         if not chunk.strip():
             continue
-        index = text.find(chunk, position)
-        if index < 0:  # the splitter normalised something; fall back to the last position
-            index = position
-        position = index + len(chunk)
         lines = chunk.split("\n")
         skip = 0
         while skip < len(lines) and _COMMENT_OR_BLANK.match(lines[skip]):
             skip += 1
         if skip == len(lines):
             continue  # only comments
-        line = first_line + text.count("\n", 0, index) + skip
-        statements.append(Statement(sql=chunk, line=line, exact=exact))
+        if index >= counted:
+            line += text.count("\n", counted, index)
+        else:  # (sqlparse fallback only) a chunk starting before the last one ended
+            line -= text.count("\n", index, counted)
+        counted = index
+        statements.append(Statement(sql=chunk, line=line + skip, exact=exact))
     return statements
 
 

@@ -368,6 +368,10 @@ class PostgreSQL:
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = pg_catalog.current_database() "
             "AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend')"))
 
+    def has_event_triggers(self, db: Database) -> bool:
+        """Whether an event trigger exists (it runs its function on DDL: no batches then)."""
+        return bool(db.scalar("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger)"))
+
     def server_version(self, db: Database) -> int:
         return int(db.facts["server_version"])
 

@@ -181,6 +181,9 @@ class SQLite:
     def others_connected(self, db: Database) -> bool:
         return True
 
+    def has_event_triggers(self, db: Database) -> bool:
+        return False
+
     def server_version(self, db: Database) -> int | None:
         return None
 
