@@ -139,6 +139,7 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
     result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
     if dry_run:
         data = {"dry_run": True, "database": result.database, "pending_before": result.pending_before,
+                "warnings": result.warnings,
                 "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements,
                           "post_apply": p.post_apply} for p in result.plan]}
         lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}"
@@ -147,7 +148,8 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         inv.emit(data, "\n\n".join(lines) if lines else "nothing to apply: database is at head")
         return errors.OK
     data = {"database": result.database, "applied": result.applied, "pending_before": result.pending_before,
-            "duration_s": round(result.duration_s, 3), "shims": result.shims, "post_apply": result.post_apply}
+            "duration_s": round(result.duration_s, 3), "shims": result.shims, "post_apply": result.post_apply,
+            "warnings": result.warnings}
     if result.applied:
         shown = result.applied if len(result.applied) <= 10 else [*result.applied[:3], "...", *result.applied[-3:]]
         text = f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: " + ", ".join(shown)
@@ -182,7 +184,10 @@ def status(inv: Invocation, envs: tuple[str, ...]) -> int:
     lines += [f"{'MODIFIED':9} {m.id}" for m in state.modified]
     lines += [f"{'MISSING':9} {m}" for m in state.missing]
     lines.append(f"head: {state.head or '-'}; at head: {'yes' if state.at_head else 'no'}")
-    inv.emit(state.to_dict(), "\n".join(lines))
+    warnings = [] if state.head else [f"the migrations folder {inv.settings.migrations} has no migrations"
+                                      + (f" but the database has {len(state.applied)} applied" if state.applied else "")]
+    lines += [f"warning: {w}" for w in warnings]
+    inv.emit(dict(state.to_dict(), warnings=warnings), "\n".join(lines))
     return errors.OK
 
 
@@ -229,24 +234,28 @@ def down(inv: Invocation, to: str | None, steps: int | None) -> int:
 
 
 # ------------------------------------------------------------- bookkeeping only
-def _bookkeeping_command(name: str, help_text: str, past: str):
+def _bookkeeping_command(name: str, help_text: str, past: str, unchanged: str = ""):
     @cli.command(name=name, help=help_text)
     @click.argument("ids", nargs=-1, required=True)
     @click.pass_obj
     def command(inv: Invocation, ids: tuple[str, ...]) -> int:
         from runner import commands
 
-        done = getattr(commands, name)(inv.settings, ids)
-        inv.emit({past: done}, f"{past}: " + ", ".join(done))
+        result = getattr(commands, name)(inv.settings, ids)
+        lines = [f"{past}: " + ", ".join(result.done)] if result.done else []
+        if result.unchanged:
+            lines.append(f"unchanged ({unchanged}): " + ", ".join(result.unchanged))
+        inv.emit({past: result.done, "unchanged": result.unchanged}, "\n".join(lines))
         return errors.OK
 
     return command
 
 
-_bookkeeping_command("mark", "Record migrations as applied without running them (baseline).", "marked")
+_bookkeeping_command("mark", "Record migrations as applied without running them (baseline).", "marked",
+                     "already recorded as applied")
 _bookkeeping_command("unmark", "Forget that migrations were applied, without running them.", "unmarked")
 _bookkeeping_command("rehash", "Accept the current file content of applied migrations (after a deliberate edit).",
-                     "rehashed")
+                     "rehashed", "the recorded checksum already matches the file")
 
 
 # --------------------------------------------------------------------------- new

@@ -80,7 +80,7 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
     if paths:
         migrations = [read_migration(Path(p)) for p in paths]
     else:
-        migrations = load_migrations(settings.migrations)
+        migrations = load_migrations(settings.migrations, settings.sources.get("migrations"))
     shims: list[Any] = []
     server_version = None
     if not offline:
