@@ -82,7 +82,7 @@ def reorder(argv: Sequence[str]) -> list[str]:
     return front + rest
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--database", "databases", multiple=True, metavar="URL",
               help="Database URL (env DATABASE_URL). Default: sqlite:///migrate.db")
 @click.option("--migrations", metavar="DIR", help="Migrations folder (env MIGRATE_MIGRATIONS). Default: migrations")
@@ -103,6 +103,11 @@ def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, 
         databases=databases,
         out=sys.stdout,
     )
+    if ctx.invoked_subcommand is None and not asks_help:
+        # `migrate` alone: the help on stdout, and exit 2 (not 0, and the same with every click
+        # version): `migrate $COMMAND` with an unset variable must not pass a CI step.
+        click.echo(ctx.get_help())
+        raise errors.UsageError("no command given (see `migrate --help`)")
     if ctx.invoked_subcommand is not None and not asks_help:
         logs.configure(log_format or _env_log_format())
         # Whatever a migration, yoyo or a driver prints must not corrupt `--format json`:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,12 +383,13 @@ def rehash(settings: Settings, ids: Sequence[str]) -> BookkeepingResult:
     return _bookkeeping(settings, ids, "rehash")
 
 
-_NAME = re.compile(r"[^a-z0-9]+")
+# Letters and digits of any script, as the loader accepts them (004_ünïcode_列.sql); the rest becomes "_".
+_NAME = re.compile(r"[\W_]+")
 
 
 def new(settings: Settings, name: str, fmt: str = "sql") -> Path:
     """Scaffold the next numbered migration file; returns its path."""
-    slug = _NAME.sub("_", name.lower()).strip("_")
+    slug = _NAME.sub("_", unicodedata.normalize("NFC", name).lower()).strip("_")
     if not slug:
         raise UsageError(f"migration name {name!r} has no letters or digits")
     folder = settings.migrations
