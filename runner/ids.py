@@ -27,10 +27,9 @@ def resolve_id(text: str, ids: Iterable[str], what: str = "migration") -> str:
         return stem
     if not stem.strip():
         raise UsageError(f"{what}: an empty migration id")
-    if stem.isdigit():  # a version: 017 (or 17) names 017_x, not 0170_y
-        matches = [i for i in known if _version(i) == int(stem)]
-    else:
-        matches = [i for i in known if i.startswith(stem)]
+    # A version first: 017 (or 17) names 017_x, not 0170_y; else a prefix of the id.
+    matches = [i for i in known if _version(i) == int(stem)] if stem.isdigit() else []
+    matches = matches or [i for i in known if i.startswith(stem)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
