@@ -276,7 +276,8 @@ def test_verify_consumer_prints_each_reason_once(pg_url, tmp_path):
     ok(cli(pg_url, folder, "up", "--no-compat"))
     result = cli(pg_url, folder, "verify", "--consumer", str(CONTRACT_017))
     assert result.returncode == 1, result.describe()
-    reasons = [line.split(": ", 2)[-1] for line in result.error_lines if line.startswith("migrate: verify:")]
+    prefix = "migrate: verify: workflow-api (017 code): "
+    reasons = [line[len(prefix):] for line in result.error_lines if line.startswith(prefix)]
     assert reasons, result.describe()
     both = result.stdout + result.stderr
     for reason in reasons:
