@@ -27,17 +27,19 @@ def _duration(value: str, option: str) -> timedelta:
 
 def _as_of(inv: Any, text: str) -> str:
     """The version label ``--as-of`` names: a label (017), a migration id or an unambiguous prefix of one
-    (runner.ids.resolve_id). Without a migrations folder at hand, ``text`` as given."""
-    from runner.ids import resolve_id
+    (runner.ids.resolve_id; ambiguous: exit 2). A version no file has (a consumer's label, a folder
+    not at hand) is taken as given."""
+    from runner.ids import candidates, resolve_id
     from runner.sources import load_migrations
 
     settings = inv.settings
     if not settings.migrations.is_dir():
         return text
     files = load_migrations(settings.migrations, settings.sources.get("migrations"))
-    if text == "0" or text in {m.version_label or m.id for m in files}:
+    ids = [m.id for m in files]
+    if text == "0" or text in {m.version_label or m.id for m in files} or not candidates(text, ids):
         return text
-    chosen = resolve_id(text, [m.id for m in files], "--as-of")
+    chosen = resolve_id(text, ids, "--as-of")
     migration = next(m for m in files if m.id == chosen)
     return migration.version_label or migration.id
 

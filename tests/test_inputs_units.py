@@ -19,7 +19,7 @@ IDS = ["001_create", "002_add", "017_add_bundle", "018_rename", "0170_other", "1
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("017_add_bundle", "017_add_bundle"), ("017_add_bundle.sql", "017_add_bundle"), ("017", "017_add_bundle"),
+    ("017_add_bundle", "017_add_bundle"), ("017", "017_add_bundle"),
     ("17", "017_add_bundle"), ("0170", "0170_other"), ("017_add", "017_add_bundle"), ("1", "001_create"),
     ("100", "100_last"),
 ])
@@ -33,6 +33,7 @@ def test_resolve_id_accepts_an_unambiguous_prefix(text, expected):
     ("999", ["no such migration"]),
     ("rename", ["no such migration", "did you mean 018_rename"]),
     ("", ["empty"]),
+    ("017_add_bundle.sql", ["no such migration"]),  # a file name is not an id
 ])
 def test_resolve_id_refuses_ambiguous_and_unknown(text, needles):
     with pytest.raises(UsageError) as err:

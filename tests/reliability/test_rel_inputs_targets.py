@@ -351,3 +351,14 @@ def test_short_ids_work_in_every_command(tmp_path):
     harness.assert_one_line_error(harness.run(*harness.db_args(url, folder, "mark", "999")), 2, "999",
                                   "no such migration")
     assert sqlite_history(path) == ["001_t", "002_u", "003_v"]
+
+
+def test_as_of_takes_the_same_ids(pg_url, tmp_path):
+    """Item 21: `shims connect --as-of` takes a version (017, 17), an id or a prefix like every other command,
+    and they all name the same compat schema."""
+    folder = examples(tmp_path / "migrations")
+    ok(cli(pg_url, folder, "up"))
+    expected = ok(cli(pg_url, folder, "--format", "json", "shims", "connect", "--as-of", "017")).json()["schema"]
+    for spelling in ("17", M017, "017_add"):
+        got = ok(cli(pg_url, folder, "--format", "json", "shims", "connect", "--as-of", spelling)).json()
+        assert got["schema"] == expected, (spelling, got)
