@@ -144,17 +144,17 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
     result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
     if dry_run:
         data = {"dry_run": True, "database": result.database, "pending_before": result.pending_before,
-                "warnings": result.warnings,
                 "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements,
                           "post_apply": p.post_apply} for p in result.plan]}
         lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}"
                  f"{' [post-apply hook]' if p.post_apply else ''}\n"
                  + "\n".join(s.rstrip().rstrip(";") + ";" for s in p.statements) for p in result.plan]
+        if result.warnings:  # only then: the document is otherwise unchanged
+            data["warnings"] = result.warnings
         inv.emit(data, "\n\n".join(lines) if lines else "nothing to apply: database is at head")
         return errors.OK
     data = {"database": result.database, "applied": result.applied, "pending_before": result.pending_before,
-            "duration_s": round(result.duration_s, 3), "shims": result.shims, "post_apply": result.post_apply,
-            "warnings": result.warnings}
+            "duration_s": round(result.duration_s, 3), "shims": result.shims, "post_apply": result.post_apply}
     if result.applied:
         shown = result.applied if len(result.applied) <= 10 else [*result.applied[:3], "...", *result.applied[-3:]]
         text = f"applied {len(result.applied)} migration(s) in {result.duration_s:.2f}s: " + ", ".join(shown)
@@ -162,6 +162,9 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         text = "nothing to apply: database is at head"
     if result.post_apply:
         text += "\nran post-apply hook(s): " + ", ".join(result.post_apply)
+    if result.warnings:  # only then: the document is otherwise unchanged
+        data["warnings"] = result.warnings
+        text += "".join(f"\nwarning: {w}" for w in result.warnings)
     for shim in result.shims:
         where = f" in schema {shim['schema']}" if shim.get("schema") else ""
         text += (f"\nactive shim {shim.get('name')}: {shim.get('table')}.{shim.get('old')} -> {shim.get('new')}"
@@ -192,7 +195,7 @@ def status(inv: Invocation, envs: tuple[str, ...]) -> int:
     warnings = [] if state.head else [f"the migrations folder {inv.settings.migrations} has no migrations"
                                       + (f" but the database has {len(state.applied)} applied" if state.applied else "")]
     lines += [f"warning: {w}" for w in warnings]
-    inv.emit(dict(state.to_dict(), warnings=warnings), "\n".join(lines))
+    inv.emit(dict(state.to_dict(), warnings=warnings) if warnings else state.to_dict(), "\n".join(lines))
     return errors.OK
 
 
