@@ -131,6 +131,16 @@ def table(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
+KEEP_MARKER = "<!-- kept by bench/reliability_report.py: hand-written sections below -->"
+
+
+def _kept_sections(path: Path = ROOT / "RELIABILITY.md") -> str:
+    """The hand-written sections of the current report (from KEEP_MARKER on), kept when it is rewritten."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    index = text.find(KEEP_MARKER)
+    return text[index:] if index >= 0 else ""
+
+
 def render(figures: dict[str, Any], outcome: dict[str, Any], seconds: float, long: bool) -> str:
     variant = "long (MIGRATE_LONG_TESTS=1)" if long else "CI (default)"
     passed = outcome["tests"] - len(outcome["failed"]) - outcome["skipped"]
@@ -151,6 +161,9 @@ def render(figures: dict[str, Any], outcome: dict[str, Any], seconds: float, lon
         "recorded or not at all (catalog checked against `_migrate_history`, `_migrate_log`, yoyo's tables, the",
         "shim registry), no lock was left, and the next `migrate up` completed with no manual step.",
     ]
+    kept = _kept_sections()
+    if kept:
+        out += ["", kept.rstrip("\n")]
     if outcome["failed"]:
         out += ["", "## Failing tests", "",
                 "Figures above count only scenarios whose assertions passed. These failed:", ""]

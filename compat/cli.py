@@ -25,6 +25,25 @@ def _duration(value: str, option: str) -> timedelta:
         raise UsageError(str(err)) from None
 
 
+def _as_of(inv: Any, text: str) -> str:
+    """The version label ``--as-of`` names: a label (017), a migration id or an unambiguous prefix of one
+    (runner.ids.resolve_id; ambiguous: exit 2). A version no file has (a consumer's label, a folder
+    not at hand) is taken as given."""
+    from runner.ids import candidates, resolve_id
+    from runner.sources import load_migrations
+
+    settings = inv.settings
+    if not settings.migrations.is_dir():
+        return text
+    files = load_migrations(settings.migrations, settings.sources.get("migrations"))
+    ids = [m.id for m in files]
+    if text == "0" or text in {m.version_label or m.id for m in files} or not candidates(text, ids):
+        return text
+    chosen = resolve_id(text, ids, "--as-of")
+    migration = next(m for m in files if m.id == chosen)
+    return migration.version_label or migration.id
+
+
 def _when(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M:%S} UTC" if value is not None else "-"
 
@@ -127,8 +146,9 @@ def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) 
         moment = parse_until(until) if until is not None else None
     except DeclarationError as err:
         raise UsageError(str(err).replace("until:", "--until:", 1)) from None
+    max_window = _duration(inv.settings.compat.max_window, "[compat] max_window")
     with inv.open_database() as db:
-        updated = lifecycle.extend(db, name, by=delta, until=moment, reason=reason)
+        updated = lifecycle.extend(db, name, by=delta, until=moment, reason=reason, max_window=max_window)
     inv.emit([s.to_json() for s in updated],
              "\n".join(f"{s.name} now expires {_when(s.expires_at)}" for s in updated))
     return OK
@@ -141,7 +161,7 @@ def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) 
 def connect(inv: Any, as_of: str) -> int:
     """Print the search_path setting and a ready URL for a consumer still on VERSION."""
     with inv.open_database(read_only=True) as db:
-        info = routes.connect_info(db, as_of, inv.settings)
+        info = routes.connect_info(db, _as_of(inv, as_of), inv.settings)
     lines = [f"search_path={info.search_path}", f"PGOPTIONS='{info.options}'", f"URL: {info.url}"]
     if info.note:
         lines.append(f"note: {info.note}")
@@ -167,7 +187,7 @@ def route(inv: Any, role: str, as_of: str | None, reset: bool) -> int:
             undone = routes.unroute(db, role)
             inv.emit([r.to_json() for r in undone], f"role {role}: route undone")
             return OK
-        record = routes.route(db, role, as_of, inv.settings)
+        record = routes.route(db, role, _as_of(inv, as_of), inv.settings)
     inv.emit(record.to_json(), f"role {role}: search_path = {record.search_path} (new sessions; "
                                f"undone when {record.compat_schema} is dropped)")
     return OK

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.config import Settings
-from runner.durations import parse_duration
+from runner.durations import format_duration, parse_duration
 from runner.errors import ConfigError, MigrationFileError
 from runner.migration import MigrationFile
 
@@ -98,15 +98,6 @@ def quote_ident(name: str) -> str:
     if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
         return name
     return '"' + name.replace('"', '""') + '"'
-
-
-def format_duration(value: timedelta) -> str:
-    """The shortest exact spelling of ``value`` (``14d``, ``36h``, ``90s``, ``500ms``)."""
-    ms = round(value.total_seconds() * 1000)
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 def fold(name: str) -> str:
@@ -179,9 +170,11 @@ def parse_until(value: Any) -> datetime:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             try:
                 day = date.fromisoformat(text)
+                return datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc)
             except ValueError:
                 raise DeclarationError(f"until: {text!r} is not a valid date") from None
-            return datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc)
+            except OverflowError:
+                raise DeclarationError(f"until: {text!r} is too far in the future") from None
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -190,7 +183,25 @@ def parse_until(value: Any) -> datetime:
             ) from None
     if parsed.tzinfo is None:
         raise DeclarationError(f"until: timestamp {value!s} needs a time zone (add Z or +00:00)")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise DeclarationError(f"until: {value!s} is too far in the future") from None
+
+
+def window_problem(declaration: RenameDeclaration, now: datetime, max_window: timedelta) -> str | None:
+    """What is wrong with the declaration's window at ``now`` (None: nothing): an ``until=`` already
+    past (the shim would be born expired) or a window longer than ``max_window`` ([compat] max_window)."""
+    limit = format_duration(max_window)
+    if declaration.until is not None:
+        if declaration.until <= now:
+            return (f"until: the shim would expire {declaration.until:%Y-%m-%d %H:%M} UTC, which is in the past "
+                    "(it would be expired as soon as it is created); give a later date or a window=")
+        if declaration.until - now > max_window:
+            return f"until={declaration.until:%Y-%m-%d} is more than [compat] max_window ({limit}) from now"
+    if declaration.window is not None and declaration.window > max_window:
+        return f"window={format_duration(declaration.window)} is longer than [compat] max_window ({limit})"
+    return None
 
 
 def _options(pairs: dict[str, Any]) -> dict[str, Any]:

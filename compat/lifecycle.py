@@ -19,6 +19,7 @@ from compat.model import Route, Shim
 from compat.registry import Registry
 from runner import lockwaits
 from runner.db import transaction
+from runner.durations import format_duration
 from runner.errors import DriftError, LockTimeout, UsageError
 from runner.lock import runner_lock
 from runner.logs import get_logger
@@ -234,10 +235,11 @@ def _in_use_message(shims: list[Shim], sessions: list[Session]) -> str:
 
 # -- extend -------------------------------------------------------------------------
 def extend(db: Database, name: str, *, by: timedelta | None = None, until: datetime | None = None,
-           reason: str) -> list[Shim]:
+           reason: str, max_window: timedelta | None = None) -> list[Shim]:
     """Move the expiry of shim ``name`` (or every shim of a compat schema) and record why.
 
-    ``by`` counts from the current expiry, or from now when that has passed.
+    ``by`` counts from the current expiry, or from now when that has passed. ``max_window``
+    (``[compat] max_window``): the new expiry may be at most that far from now.
     """
     if not reason or not reason.strip():
         raise UsageError("extend needs --reason TEXT (it is kept in the shim's history)")
@@ -255,6 +257,9 @@ def extend(db: Database, name: str, *, by: timedelta | None = None, until: datet
         for shim in registry.shims("active", for_update=True):
             if shim.id in ids:
                 target = until if until is not None else max(shim.expires_at, now) + by  # type: ignore[operator]
+                if max_window is not None and target - now > max_window:
+                    raise UsageError(f"{shim.name}: the new expiry {target:%Y-%m-%d %H:%M} UTC is more than "
+                                     f"[compat] max_window ({format_duration(max_window)}) from now")
                 updated.append(registry.set_expiry(shim, target, reason.strip()))
     for shim in updated:
         log.info("shim extended", shim=shim.name, expires_at=shim.expires_at.isoformat(), reason=reason)

@@ -355,7 +355,7 @@ def adopt(settings: Any, tool: str, *, apply: bool = False, table: str | None = 
 
     if tool not in READERS:
         raise UsageError(f"adopt: unknown tool {tool!r} (supported: {', '.join(TOOLS)})")
-    migrations = load_migrations(settings.migrations)
+    migrations = load_migrations(settings.migrations, settings.sources.get("migrations"))
     with open_database(settings) as db:
         foreign = READERS[tool](db, table or DEFAULT_TABLES[tool])
         recorded = [a.migration_id for a in runner_history.read_applied(db)]

@@ -83,7 +83,7 @@ def reorder(argv: Sequence[str]) -> list[str]:
     return front + rest
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--database", "databases", multiple=True, metavar="URL",
               help="Database URL (env DATABASE_URL). Default: sqlite:///migrate.db")
 @click.option("--migrations", metavar="DIR", help="Migrations folder (env MIGRATE_MIGRATIONS). Default: migrations")
@@ -104,6 +104,11 @@ def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, 
         databases=databases,
         out=sys.stdout,
     )
+    if ctx.invoked_subcommand is None and not asks_help:
+        # `migrate` alone: the help on stdout, and exit 2 (not 0, and the same with every click
+        # version): `migrate $COMMAND` with an unset variable must not pass a CI step.
+        click.echo(ctx.get_help())
+        raise errors.UsageError("no command given (see `migrate --help`)")
     if ctx.invoked_subcommand is not None and not asks_help:
         logs.configure(log_format or _env_log_format())
         # Whatever a migration, yoyo or a driver prints must not corrupt `--format json`:
@@ -145,6 +150,8 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         lines = [f"-- {p.id} ({p.path}){'' if p.transactional else ' [non-transactional]'}"
                  f"{' [post-apply hook]' if p.post_apply else ''}\n"
                  + "\n".join(s.rstrip().rstrip(";") + ";" for s in p.statements) for p in result.plan]
+        if result.warnings:  # only then: the document is otherwise unchanged
+            data["warnings"] = result.warnings
         inv.emit(data, "\n\n".join(lines) if lines else "nothing to apply: database is at head")
         return errors.OK
     data = {"database": result.database, "applied": result.applied, "pending_before": result.pending_before,
@@ -156,6 +163,9 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         text = "nothing to apply: database is at head"
     if result.post_apply:
         text += "\nran post-apply hook(s): " + ", ".join(result.post_apply)
+    if result.warnings:  # only then: the document is otherwise unchanged
+        data["warnings"] = result.warnings
+        text += "".join(f"\nwarning: {w}" for w in result.warnings)
     for shim in result.shims:
         where = f" in schema {shim['schema']}" if shim.get("schema") else ""
         text += (f"\nactive shim {shim.get('name')}: {shim.get('table')}.{shim.get('old')} -> {shim.get('new')}"
@@ -183,7 +193,10 @@ def status(inv: Invocation, envs: tuple[str, ...]) -> int:
     lines += [f"{'MODIFIED':9} {m.id}" for m in state.modified]
     lines += [f"{'MISSING':9} {m}" for m in state.missing]
     lines.append(f"head: {state.head or '-'}; at head: {'yes' if state.at_head else 'no'}")
-    inv.emit(state.to_dict(), "\n".join(lines))
+    warnings = [] if state.head else [f"the migrations folder {inv.settings.migrations} has no migrations"
+                                      + (f" but the database has {len(state.applied)} applied" if state.applied else "")]
+    lines += [f"warning: {w}" for w in warnings]
+    inv.emit(dict(state.to_dict(), warnings=warnings) if warnings else state.to_dict(), "\n".join(lines))
     return errors.OK
 
 
@@ -230,24 +243,28 @@ def down(inv: Invocation, to: str | None, steps: int | None) -> int:
 
 
 # ------------------------------------------------------------- bookkeeping only
-def _bookkeeping_command(name: str, help_text: str, past: str):
+def _bookkeeping_command(name: str, help_text: str, past: str, unchanged: str = ""):
     @cli.command(name=name, help=help_text)
     @click.argument("ids", nargs=-1, required=True)
     @click.pass_obj
     def command(inv: Invocation, ids: tuple[str, ...]) -> int:
         from runner import commands
 
-        done = getattr(commands, name)(inv.settings, ids)
-        inv.emit({past: done}, f"{past}: " + ", ".join(done))
+        result = getattr(commands, name)(inv.settings, ids)
+        lines = [f"{past}: " + ", ".join(result.done)] if result.done else []
+        if result.unchanged:
+            lines.append(f"unchanged ({unchanged}): " + ", ".join(result.unchanged))
+        inv.emit({past: result.done, "unchanged": result.unchanged}, "\n".join(lines))
         return errors.OK
 
     return command
 
 
-_bookkeeping_command("mark", "Record migrations as applied without running them (baseline).", "marked")
+_bookkeeping_command("mark", "Record migrations as applied without running them (baseline).", "marked",
+                     "already recorded as applied")
 _bookkeeping_command("unmark", "Forget that migrations were applied, without running them.", "unmarked")
 _bookkeeping_command("rehash", "Accept the current file content of applied migrations (after a deliberate edit).",
-                     "rehashed")
+                     "rehashed", "the recorded checksum already matches the file")
 
 
 # --------------------------------------------------------------------------- new

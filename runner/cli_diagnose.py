@@ -81,7 +81,7 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
     if paths:
         migrations = [read_migration(Path(p)) for p in paths]
     else:
-        migrations = load_migrations(settings.migrations)
+        migrations = load_migrations(settings.migrations, settings.sources.get("migrations"))
     shims: list[Any] = []
     server_version = None
     if not offline:
@@ -149,7 +149,11 @@ def verify_consumers(inv: Any, consumers: Sequence[str], models: Sequence[str] =
     if report.ok:
         inv.emit(report.as_dict(), report.as_text())
         return errors.OK
-    inv.emit(report.as_dict(), "" if inv.json else report.as_text())
+    # Each reason once: on stderr (the gate's error lines); stdout keeps one line per consumer.
+    text = "\n".join(r.as_text() if r.ok else (f"FAIL  {r.consumer} ({r.file}): {len(r.reasons)} reason(s), on stderr"
+                                                 + "".join(f"\n      note: {n}" for n in r.notes))
+                     for r in report.results)
+    inv.emit(report.as_dict(), "" if inv.json else text)
     for result in report.results:
         if not result.ok:
             for reason in result.reasons:

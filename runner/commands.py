@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from compat.hook import CompatHook
-from runner import adopt, history, statement_kinds
+from runner import adopt, history, preflight, statement_kinds
 from runner.config import Settings
 from runner.db import Database, open_database, transaction
 from runner.engine import Engine
 from runner.errors import DriftError, UsageError
 from runner.hooks import MigrationHook
+from runner.ids import resolve_id, resolve_ids
 from runner.lock import runner_lock
 from runner.logs import get_logger
 from runner.migration import MigrationFile
@@ -49,6 +51,7 @@ class UpResult:
     plan: list[PlanItem] = field(default_factory=list)
     shims: list[dict[str, Any]] = field(default_factory=list)
     post_apply: list[str] = field(default_factory=list)  # post-apply hooks run (dry run: to run)
+    warnings: list[str] = field(default_factory=list)  # e.g. the migrations folder has no migrations
 
 
 @dataclass
@@ -70,7 +73,7 @@ def default_hooks(settings: Settings, compat: bool = True, final_migration_id: s
 
 
 def status(settings: Settings, db: Database | None = None) -> Status:
-    files = load_migrations(settings.migrations)
+    files = load_migrations(settings.migrations, settings.sources.get("migrations"))
     if db is not None:
         return compute(files, history.read_applied(db))
     with open_database(settings, read_only=True) as own:
@@ -91,7 +94,7 @@ def verify(settings: Settings) -> VerifyResult:
     """The gate: problems are pending, modified or missing migrations and expired shims."""
     from compat import lifecycle
 
-    files, hooks = load_folder(settings.migrations)
+    files, hooks = load_folder(settings.migrations, settings.sources.get("migrations"))
     with open_database(settings, read_only=True) as db:
         state = compute(files, history.read_applied(db))
         problems = [f"{p}: pending: run `migrate up`" for p in state.pending] + drift_lines(state)
@@ -114,9 +117,13 @@ def _and_more(items: Sequence[object]) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
-def _what_to_apply(db: Database, files: list[MigrationFile], to: str | None) -> tuple[Status, list[MigrationFile]]:
+def _what_to_apply(db: Database, files: list[MigrationFile], to: str | None, folder: Path | None = None
+                   ) -> tuple[Status, list[MigrationFile]]:
     """The state and what `up` is to apply; refuses drift, and a history another tool wrote."""
     state = compute(files, history.read_applied(db))
+    if not files and state.applied:
+        raise DriftError(f"the migrations folder {folder or ''} has no migrations but the database has {len(state.applied)} applied "
+                         "(every one would be reported missing): wrong --migrations path?")
     _refuse_drift(state)
     todo = _select_up_to(files, state.pending, to)
     statement_kinds.refuse_transaction_control(todo)  # BEGIN/COMMIT... in a transactional migration: exit 2
@@ -142,9 +149,8 @@ def _refuse_yoyo_applied(db: Database, todo: list[MigrationFile]) -> None:
 
 
 def _select_up_to(files: list[MigrationFile], pending: list[str], to: str | None) -> list[MigrationFile]:
-    by_id = {m.id: m for m in files}
-    if to is not None and to not in by_id:
-        raise UsageError(f"--to {to}: no such migration in the migrations folder")
+    if to is not None:
+        to = resolve_id(to, [m.id for m in files], "--to")
     chosen: list[MigrationFile] = []
     wanted = set(pending)
     for m in files:
@@ -195,15 +201,17 @@ def up(
 ) -> UpResult:
     """Apply pending migrations in order, each exactly once, under the runner's lock."""
     started = time.perf_counter()
-    files, post_apply = load_folder(settings.migrations)
+    files, post_apply = load_folder(settings.migrations, settings.sources.get("migrations"))
     statement_kinds.refuse_transaction_control(post_apply)
     result = UpResult(dry_run=dry_run)
     with open_database(settings) as db:
         result.database = db.url
         log.info("migrating", database=db.url, migrations=str(settings.migrations), dry_run=dry_run)
         if dry_run:
-            state, todo = _what_to_apply(db, files, to)
+            state, todo = _what_to_apply(db, files, to, settings.migrations)
+            preflight.check_pending(settings, files, todo)
             result.pending_before = list(state.pending)
+            result.warnings = folder_warnings(settings, files, state)
             hooks_due = _post_apply_due(db, post_apply, todo)
             result.plan = [PlanItem(m.id, m.path, m.transactional, [s.sql for s in m.up], post_apply=n >= len(todo))
                            for n, m in enumerate(todo + hooks_due)]
@@ -211,8 +219,10 @@ def up(
             result.duration_s = time.perf_counter() - started
             return result
         with runner_lock(db, settings.lock_wait):
-            state, todo = _what_to_apply(db, files, to)
+            state, todo = _what_to_apply(db, files, to, settings.migrations)
+            preflight.check_pending(settings, files, todo)  # nothing has run yet
             result.pending_before = list(state.pending)
+            result.warnings = folder_warnings(settings, files, state)
             if todo:  # a no-op `up` needs neither the tables, the engine nor the hooks
                 history.ensure_tables(db)
                 engine = Engine(db, settings, list(hooks) if hooks is not None
@@ -228,6 +238,20 @@ def up(
         result.shims = _active_shims(db)
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def folder_warnings(settings: Settings, files: list[MigrationFile], state: Status) -> list[str]:
+    """Say so (and log it) when the migrations folder has no migrations: a wrong path reads as
+    "at head" otherwise. With a history it is surely the wrong folder."""
+    if files:
+        return []
+    if state.applied:
+        text = (f"the migrations folder {settings.migrations} has no migrations but the database has "
+                f"{len(state.applied)} applied: wrong --migrations path?")
+    else:
+        text = f"the migrations folder {settings.migrations} has no migrations: nothing to apply"
+    log.warning("no migrations in the folder", folder=str(settings.migrations), applied=len(state.applied))
+    return [text]
 
 
 def _post_apply_due(db: Database, hooks: list[MigrationFile], todo: list[MigrationFile]) -> list[MigrationFile]:
@@ -268,7 +292,7 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
     if to is not None and steps is not None:
         raise UsageError("give either --to or --steps, not both")
     started = time.perf_counter()
-    files = load_migrations(settings.migrations)
+    files = load_migrations(settings.migrations, settings.sources.get("migrations"))
     by_id = {m.id: m for m in files}
     order = {m.id: i for i, m in enumerate(files)}
     result = DownResult()
@@ -278,8 +302,7 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
         _refuse_drift(state)
         applied = sorted((a.id for a in state.applied), key=lambda i: order[i], reverse=True)
         if to is not None:
-            if to not in by_id:
-                raise UsageError(f"--to {to}: no such migration in the migrations folder")
+            to = resolve_id(to, [m.id for m in files], "--to")
             victims = [i for i in applied if order[i] > order[to]]
         else:
             victims = applied[: 1 if steps is None else steps]
@@ -301,20 +324,29 @@ def down(settings: Settings, *, to: str | None = None, steps: int | None = None)
 
 def _resolve(files: list[MigrationFile], ids: Sequence[str]) -> list[MigrationFile]:
     by_id = {m.id: m for m in files}
-    unknown = [i for i in ids if i not in by_id]
-    if unknown:
-        raise UsageError(f"no such migration: {', '.join(unknown)}")
-    return [by_id[i] for i in ids]
+    return [by_id[i] for i in dict.fromkeys(resolve_ids(ids, by_id))]
 
 
-def _bookkeeping(settings: Settings, ids: Sequence[str], operation: str) -> list[str]:
-    files = load_migrations(settings.migrations)
+@dataclass
+class BookkeepingResult:
+    """What `mark`/`unmark`/`rehash` did (``done``) and left alone because there was nothing to do
+    (``unchanged``: already recorded, or the recorded checksum already matches the file)."""
+
+    done: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _bookkeeping(settings: Settings, ids: Sequence[str], operation: str) -> BookkeepingResult:
+    files = load_migrations(settings.migrations, settings.sources.get("migrations"))
+    result = BookkeepingResult()
     with open_database(settings) as db, runner_lock(db, settings.lock_wait):
         history.ensure_tables(db)
-        recorded = {a.migration_id for a in history.read_applied(db)}
+        recorded = {a.migration_id: a for a in history.read_applied(db)}
         if operation == "unmark":
             known = {m.id: m for m in files}
-            targets = [known.get(i) or MigrationFile(i, "", "sql", "", None, None) for i in ids]
+            # A recorded id whose file is gone can still be forgotten: resolve against both.
+            names = resolve_ids(ids, [*known, *(i for i in recorded if i not in known)])
+            targets = [known.get(i) or MigrationFile(i, "", "sql", "", None, None) for i in dict.fromkeys(names)]
             missing = [t.id for t in targets if t.id not in recorded]
             if missing:
                 raise UsageError(f"not recorded as applied: {', '.join(missing)}")
@@ -324,36 +356,43 @@ def _bookkeeping(settings: Settings, ids: Sequence[str], operation: str) -> list
                 missing = [t.id for t in targets if t.id not in recorded]
                 if missing:
                     raise UsageError(f"not recorded as applied (nothing to rehash): {', '.join(missing)}")
-        with transaction(db):
-            bookkeeping = history.Bookkeeping(db)
-            for target in targets:
-                if operation == "mark" and target.id in recorded:
-                    continue
-                history.record(db, target, operation, bookkeeping=bookkeeping)
-    return [t.id for t in targets]
+        for target in targets:
+            unchanged = (operation == "mark" and target.id in recorded) or (
+                operation == "rehash" and recorded[target.id].checksum == target.checksum)
+            (result.unchanged if unchanged else result.done).append(target.id)
+        if result.done:
+            with transaction(db):
+                bookkeeping = history.Bookkeeping(db)
+                for target in targets:
+                    if target.id in result.done:
+                        history.record(db, target, operation, bookkeeping=bookkeeping)
+    return result
 
 
-def mark(settings: Settings, ids: Sequence[str]) -> list[str]:
-    """Record migrations as applied without running them (baseline an existing database)."""
+def mark(settings: Settings, ids: Sequence[str]) -> BookkeepingResult:
+    """Record migrations as applied without running them (baseline an existing database); those
+    already recorded are left alone (``unchanged``)."""
     return _bookkeeping(settings, ids, "mark")
 
 
-def unmark(settings: Settings, ids: Sequence[str]) -> list[str]:
+def unmark(settings: Settings, ids: Sequence[str]) -> BookkeepingResult:
     """Forget that migrations were applied, without running their rollback."""
     return _bookkeeping(settings, ids, "unmark")
 
 
-def rehash(settings: Settings, ids: Sequence[str]) -> list[str]:
-    """Accept the current content of applied migrations as their recorded checksum."""
+def rehash(settings: Settings, ids: Sequence[str]) -> BookkeepingResult:
+    """Accept the current content of applied migrations as their recorded checksum; those whose
+    checksum already matches are left alone (``unchanged``, no log row)."""
     return _bookkeeping(settings, ids, "rehash")
 
 
-_NAME = re.compile(r"[^a-z0-9]+")
+# Letters and digits of any script, as the loader accepts them (004_ünïcode_列.sql); the rest becomes "_".
+_NAME = re.compile(r"[\W_]+")
 
 
 def new(settings: Settings, name: str, fmt: str = "sql") -> Path:
     """Scaffold the next numbered migration file; returns its path."""
-    slug = _NAME.sub("_", name.lower()).strip("_")
+    slug = _NAME.sub("_", unicodedata.normalize("NFC", name).lower()).strip("_")
     if not slug:
         raise UsageError(f"migration name {name!r} has no letters or digits")
     folder = settings.migrations

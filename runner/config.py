@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.durations import parse_duration
+from runner.durations import parse_duration, parse_lock_timeout
 from runner.errors import ConfigError
 
 DEFAULT_DATABASE = "sqlite:///migrate.db"
@@ -34,18 +34,22 @@ _TOP_KEYS = {
     "database", "migrations", "schema", "lock_timeout", "lock_wait", "lock_retries",
     "format", "log_format", "compat", "renames", "lint", "environments",
 }
-_COMPAT_KEYS = {"enabled", "default_window", "schema_template", "sqlite_view_template"}
+_COMPAT_KEYS = {"enabled", "default_window", "max_window", "schema_template", "sqlite_view_template"}
 _RENAME_KEYS = {"migration", "table", "old", "new", "window", "until", "expose"}
 _RENAME_REQUIRED = ("migration", "table", "old", "new")
 _LINT_KEYS = {"disable"}
 _FORMATS = ("text", "json")
 _LOG_FORMATS = ("auto", "console", "json")
+MAX_VALUE_LENGTH = 4096  # longer than any URL or path a user types; a pasted file is a mistake
+MAX_LOCK_RETRIES = 1000
 
 
 @dataclass
 class CompatSettings:
     enabled: bool = True
     default_window: str = "14d"
+    # The longest compatibility window a declaration (window=, until=) or `shims extend` may ask for.
+    max_window: str = "365d"
     # {version} is the label of the last migration before the rename ("017").
     schema_template: str = "compat_{version}"
     # SQLite has no schemas: a shim is a view named after this template.
@@ -68,6 +72,8 @@ class Settings:
     renames: list[dict[str, Any]] = field(default_factory=list)
     lint_disable: list[str] = field(default_factory=list)
     environments: dict[str, str] = field(default_factory=dict)
+    # Where each setting given explicitly came from ("--migrations", "DATABASE_URL (environment)", ...).
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -117,55 +123,72 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Settings:
-    """Build Settings from flags (None = not given), environment and config."""
+    """Build Settings from flags (None = not given), environment and config.
+
+    A value that is empty, whitespace only, too long, holds a control character or does not parse is
+    an error naming its source (``--database``, ``DATABASE_URL (environment)``, ``FILE: database``) and
+    the setting: an empty ``DATABASE_URL`` (an unset CI secret) must not quietly mean the default.
+    """
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
-    path, table = find_config(flags.pop("config", None), env, cwd)
+    explicit_config = flags.pop("config", None)
+    if explicit_config is not None:
+        check_text(explicit_config, "config", "--config")
+    elif CONFIG_ENV in env:
+        check_text(env[CONFIG_ENV], "config", f"{CONFIG_ENV} (environment)")
+    path, table = find_config(explicit_config, env, cwd)
     where = str(path) if path else "config"
     _check_keys(table, _TOP_KEYS, where)
 
     def pick(key: str) -> tuple[Any, str]:
         if key in flags:
             return flags[key], f"--{key.replace('_', '-')}"
-        if key in ENV and env.get(ENV[key]):
-            return env[ENV[key]], ENV[key]
+        if key in ENV and ENV[key] in env:
+            return env[ENV[key]], f"{ENV[key]} (environment)"
         if key in table:
             return table[key], f"{where}: {key}"
         return None, key
 
     settings = Settings(config_path=path)
-    value, _ = pick("database")
+    value, source = pick("database")
     if value is not None:
-        settings.database = _string(value, "database", where)
+        settings.database = check_database_url(value, source)
+        settings.sources["database"] = source
     value, source = pick("schema")
     if value is not None:
-        settings.schema = _string(value, "schema", source)
+        settings.schema = check_text(value, "schema", source, max_length=63)
+        settings.sources["schema"] = source
     value, source = pick("migrations")
     if value is not None:
-        folder = Path(_string(value, "migrations", where))
+        folder = Path(check_text(value, "migrations", source))
         if source.startswith(where) and path is not None and not folder.is_absolute():
             folder = path.parent / folder
         settings.migrations = folder
+        settings.sources["migrations"] = source
     if not settings.migrations.is_absolute():
         settings.migrations = cwd / settings.migrations
-    for key in ("lock_timeout", "lock_wait"):
+    for key, parse in (("lock_timeout", parse_lock_timeout), ("lock_wait", parse_duration)):
         value, source = pick(key)
         if value is not None:
+            if isinstance(value, str):
+                check_text(value, key, source, max_length=40)
             try:
-                setattr(settings, key, parse_duration(value, source))
+                setattr(settings, key, parse(value, source))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+            settings.sources[key] = source
     value, source = pick("lock_retries")
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{source}: expected a whole number >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LOCK_RETRIES:
+            raise ConfigError(f"{source}: expected a whole number from 0 to {MAX_LOCK_RETRIES}, got {value!r}")
         settings.lock_retries = value
     for key, allowed in (("format", _FORMATS), ("log_format", _LOG_FORMATS)):
         value, source = pick(key)
         if value is not None:
             if value not in allowed:
-                raise ConfigError(f"{source}: expected one of {', '.join(allowed)}, got {value!r}")
+                shown = value[:40] if isinstance(value, str) else value
+                raise ConfigError(f"{source}: expected one of {', '.join(allowed)}, got {shown!r}")
             setattr(settings, key, value)
 
     compat = table.get("compat", {})
@@ -175,15 +198,17 @@ def load_settings(
         expected = bool if key == "enabled" else str
         if not isinstance(value, expected):
             raise ConfigError(f"{where}: [compat] {key}: expected {expected.__name__}, got {value!r}")
+        if expected is str:
+            check_text(value, key, f"{where}: [compat] {key}")
         setattr(settings.compat, key, value)
     for key, fields in (("schema_template", {"version"}), ("sqlite_view_template", {"table", "version"})):
         if key in compat:
-            _check_template(compat[key], fields, f"{where}: [compat] {key}")
-    if "default_window" in compat:
-        try:
-            parse_duration(compat["default_window"], f"{where}: [compat] default_window")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+            _check_template(compat[key], fields, f"{where}: [compat] {key}", required=fields)
+    try:
+        maximum = parse_duration(settings.compat.max_window, f"{where}: [compat] max_window")
+        parse_duration(settings.compat.default_window, f"{where}: [compat] default_window", maximum)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
     renames = table.get("renames", [])
     if not isinstance(renames, list):
@@ -193,8 +218,11 @@ def load_settings(
         _check_table(entry, f"[[renames]] #{index}", where)
         _check_keys(entry, _RENAME_KEYS, label)
         for key in _RENAME_REQUIRED:
-            if not isinstance(entry.get(key), str) or not entry[key]:
+            if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise ConfigError(f"{label}: '{key}' is required (a non-empty string)")
+        for key, value in entry.items():
+            if isinstance(value, str):
+                check_text(value, key, label)
     settings.renames = [dict(entry) for entry in renames]
 
     lint = table.get("lint", {})
@@ -210,12 +238,48 @@ def load_settings(
     for name, url in environments.items():
         if not isinstance(url, str):
             raise ConfigError(f"{where}: [environments] {name}: expected a database URL string")
+        check_database_url(url, f"{where}: [environments] {name}")
     settings.environments = dict(environments)
     return settings
 
 
-def _check_template(template: str, fields: set[str], where: str) -> None:
-    """Only ``{name}`` placeholders from ``fields``: no positional, attribute or format fields."""
+def check_text(value: Any, setting: str, source: str, max_length: int = MAX_VALUE_LENGTH) -> str:
+    """``value`` if it is a usable setting value: a string, not empty or blank, not longer than
+    ``max_length``, without control characters (NUL, newline, escape ...). Else ConfigError naming
+    ``source`` (where the value came from) and ``setting``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {setting}: expected a string, got {value!r}")
+    if not value.strip():
+        hint = " (an unset CI secret?)" if source.endswith("(environment)") else ""
+        raise ConfigError(f"{source}: {setting} is {'empty' if not value else 'blank'}{hint}; "
+                          "give a value or leave the setting out")
+    if len(value) > max_length:
+        raise ConfigError(f"{source}: {setting} is too long ({len(value)} characters; at most {max_length})")
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"{source}: {setting} contains a control character (U+{ord(bad):04X}) "
+                          f"at position {value.index(bad) + 1}")
+    if value != value.strip():
+        raise ConfigError(f"{source}: {setting} has leading or trailing spaces")
+    return value
+
+
+def check_database_url(value: Any, source: str) -> str:
+    """A database URL that parses (:func:`runner.urls.parse_url`); errors name ``source``."""
+    from runner.urls import parse_url
+
+    check_text(value, "database", source)
+    try:
+        parse_url(value)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return value
+
+
+def _check_template(template: str, fields: set[str], where: str, required: set[str] = frozenset()) -> None:
+    """Only ``{name}`` placeholders from ``fields``, each of ``required`` at least once: no positional,
+    attribute or format fields (a template without ``{version}`` would give every version's shims
+    one schema)."""
     import string
 
     try:
@@ -228,6 +292,9 @@ def _check_template(template: str, fields: set[str], where: str) -> None:
         if name not in fields or spec or conversion:
             allowed = ", ".join("{" + f + "}" for f in sorted(fields))
             raise ConfigError(f"{where}: invalid placeholder {{{name}}} in {template!r} (allowed: {allowed})")
+    missing = sorted(required - {name for _, name, _, _ in parsed if name})
+    if missing:
+        raise ConfigError(f"{where}: {template!r} lacks the placeholder {{{missing[0]}}}")
 
 
 def _check_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
@@ -239,9 +306,3 @@ def _check_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
 def _check_table(value: Any, name: str, where: str) -> None:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: {name}: expected a table")
-
-
-def _string(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: {key}: expected a non-empty string, got {value!r}")
-    return value

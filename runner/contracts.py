@@ -361,7 +361,7 @@ def verify_consumers(db: Any, settings: Any, contract_files: Sequence[Contract |
     from runner.sources import load_migrations
 
     contracts = [c if isinstance(c, Contract) else load_contract(Path(c)) for c in contract_files]
-    migrations = load_migrations(settings.migrations)
+    migrations = load_migrations(settings.migrations, settings.sources.get("migrations"))
     applied = [a.migration_id for a in history.read_applied(db)]
     return check_contracts(db, contracts, migrations, applied,
                            settings.compat.sqlite_view_template)

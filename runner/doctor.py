@@ -108,6 +108,18 @@ def lock_finding(db: Database) -> Finding | None:
         "(the lock is released with the session)")
 
 
+def empty_folder_finding(folder: Any, applied: int) -> Finding:
+    """The migrations folder has no migration: with a history, surely the wrong folder."""
+    if applied:
+        return Finding("empty-folder", str(folder),
+                       f"the migrations folder {folder} has no migrations but the database has {applied} applied: "
+                       "wrong --migrations path (or MIGRATE_MIGRATIONS, or config `migrations`)?",
+                       "point --migrations at the folder the database was migrated from")
+    return Finding("empty-folder", str(folder),
+                   f"the migrations folder {folder} has no migrations: `migrate up` has nothing to apply",
+                   "check the --migrations path, or write the first migration with `migrate new NAME`", "info")
+
+
 def not_managed_finding(db: Database) -> Finding:
     """The database has no runner history: say what it has and how to take it over."""
     where = f"schema {db.schema}" if db.schema else "the database"
@@ -237,11 +249,15 @@ def diagnose(db: Database, settings: Any) -> Diagnosis:
     lock = lock_finding(db)
     if lock:
         diagnosis.findings.append(lock)
+    # The folder first: a wrong --migrations path is refused, not diagnosed as "run `migrate up`".
+    files, hooks = load_folder(settings.migrations, settings.sources.get("migrations"))
     if not db.table_exists(history.HISTORY):
-        diagnosis.findings.append(not_managed_finding(db))
+        diagnosis.findings.append(empty_folder_finding(settings.migrations, 0) if not files
+                                  else not_managed_finding(db))
         return diagnosis
-    files, hooks = load_folder(settings.migrations)
     applied_rows = history.read_applied(db)
+    if not files and applied_rows:
+        diagnosis.findings.append(empty_folder_finding(settings.migrations, len(applied_rows)))
     state = compute(files, applied_rows)
     applied_ids = {a.migration_id for a in applied_rows}
     applied = [m for m in files if m.id in applied_ids]

@@ -96,7 +96,7 @@ def env_status(name: str, url: str, settings: Any, files: Sequence[Any]) -> EnvS
 
 def status_rows(targets: Sequence[tuple[str, str]], settings: Any) -> list[EnvStatus]:
     """Status of each (name, url), in the given order; migration files are read once."""
-    files = load_migrations(settings.migrations)
+    files = load_migrations(settings.migrations, settings.sources.get("migrations"))
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
         return list(pool.map(lambda t: env_status(t[0], t[1], settings, files), targets))
 

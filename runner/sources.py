@@ -25,17 +25,22 @@ _CHUNK = 1 << 20
 _TRUE = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
-def load_migrations(folder: Path) -> list[MigrationFile]:
+def load_migrations(folder: Path, source: str | None = None) -> list[MigrationFile]:
     """All migrations in ``folder``, in the order they apply."""
-    return load_folder(folder)[0]
+    return load_folder(folder, source)[0]
 
 
-def load_folder(folder: Path) -> tuple[list[MigrationFile], list[MigrationFile]]:
+def load_folder(folder: Path, source: str | None = None) -> tuple[list[MigrationFile], list[MigrationFile]]:
     """The migrations in ``folder`` (in the order they apply) and its post-apply hooks: as in yoyo,
     files whose name starts with ``post-apply`` (``post-apply.sql``, ``post-apply-grants.py``) are
-    not migrations but run after every `migrate up` that applied something, in name order."""
+    not migrations but run after every `migrate up` that applied something, in name order.
+
+    A folder that does not exist is an error naming ``source`` (where its path came from, e.g.
+    ``--migrations``): a wrong path must not read as "no migrations, at head"."""
     if not folder.is_dir():
-        raise ConfigError(f"migrations folder not found: {folder}")
+        what = "is not a folder" if folder.exists() else "not found"
+        given = f"{source}: " if source else "default migrations folder (no --migrations, MIGRATE_MIGRATIONS or config key): "
+        raise ConfigError(f"{given}migrations folder {what}: {folder}")
     paths, files = _migration_paths(folder)
     migrations = []
     hooks = []

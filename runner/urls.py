@@ -9,6 +9,7 @@ apart as the search_path migrations run with.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -40,6 +41,15 @@ class DatabaseURL:
         return str(self.connect_args.get("application_name", ""))
 
 
+@functools.cache
+def _known_parameters() -> frozenset[str]:
+    """The connection parameters the installed libpq knows (an unknown one would fail at connect,
+    where it would read as "database unreachable")."""
+    from psycopg import pq
+
+    return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***`` (see :mod:`runner.secrets`)."""
     from runner.secrets import redact_url
@@ -64,6 +74,10 @@ def parse_url(url: str) -> DatabaseURL:
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         if not parts.hostname and "host" not in query:
             raise ConfigError(f"malformed database URL {shown}: no host (expected postgresql://user@host:5432/dbname)")
+        unknown = sorted(set(query) - _known_parameters() - {"schema"})
+        if unknown:
+            raise ConfigError(f"database URL {shown}: unknown parameter '{unknown[0]}' (libpq does not know it; "
+                              "see https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS)")
         args: dict[str, Any] = dict(_DEFAULT_ARGS)
         args.update(query)
         search_path = args.pop("schema", None)
