@@ -74,7 +74,7 @@ def test_try_repo_passes_a_clean_sample_and_fails_a_bad_one(tmp_path):
     assert codes["good"] == 0, out["good"]
     assert "migrate lint (offline)" in out["good"] and "migrate check-files" in out["good"]
     assert "Failed" not in out["good"]
-    assert "3 migration files checked: 0 problem(s)" in out["good"]  # 001, its rollback, 003_py
+    assert "4 migration files checked: 0 problem(s)" in out["good"]  # not src/schema.sql
 
     assert codes["bad"] == 1, out["bad"]
     assert "migrations/002_index.sql:1: error [index-not-concurrent]" in out["bad"]
