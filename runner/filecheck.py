@@ -81,12 +81,12 @@ def _finding(path: str, line: int | None, rule: str, message: str, fix: str) -> 
 def _check_directives(migration: MigrationFile, renames: Sequence[dict[str, Any]]) -> None:
     """Raise MigrationFileError for a malformed ``-- compat:`` or ``-- lint:`` directive."""
     from compat.declarations import declarations_from
-    from runner.lint import _file_disables
+    from runner.lint import check_lint_directives
 
     declarations_from(migration, renames)
     if migration.format != "python":
         text = Path(migration.path).read_text(encoding="utf-8-sig")
-        _file_disables(migration, text)
+        check_lint_directives(migration, text)
 
 
 def check_files(paths: Iterable[str], renames: Sequence[dict[str, Any]] = ()) -> FileCheckReport:
