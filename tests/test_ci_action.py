@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,10 +108,14 @@ def installed(tmp_path_factory) -> Runner:
                                                                  "__pycache__", ".pytest_cache", ".hypothesis"))
     temp = base / "runner-temp"
     temp.mkdir()
-    runner = Runner(workspace=base, temp=temp, action_path=source)
+    # What actions/setup-python leaves: a `python` first on the PATH (here the interpreter running the tests).
+    setup_python = base / "setup-python" / "bin"
+    setup_python.mkdir(parents=True)
+    (setup_python / "python").symlink_to(getattr(sys, "_base_executable", sys.executable))
+    runner = Runner(workspace=base, temp=temp, action_path=source, path=[str(setup_python)])
     result = runner.run(step_named("Install migrate"), {})
     assert result.returncode == 0, result
-    assert runner.path == [str(temp / "migrate-venv" / "bin")]
+    assert runner.path == [str(temp / "migrate-venv" / "bin"), str(setup_python)]
     return runner
 
 
