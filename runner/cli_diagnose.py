@@ -1,5 +1,5 @@
-"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``check-files``, ``envs``; plus what the core
-commands call for diagnosis (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
+"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``check-files``, ``envs``; plus
+what the core commands call for diagnosis (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
 
 Register with ``for command in COMMANDS: cli.add_command(command)``. Each
 command returns its exit code (see README.md).

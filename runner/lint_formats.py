@@ -110,6 +110,7 @@ def to_sarif(report: LintReport, root: Path, docs: str | None = None) -> dict[st
     ``docs``: base URL of the manual for each rule's ``helpUri`` (default: :func:`docs_url`; no
     ``helpUri`` when neither is known: SARIF wants an absolute URI there).
     """
+    root = root.resolve()
     docs = docs if docs is not None else docs_url()
     rules = catalog()
     index = {rule.id: i for i, rule in enumerate(rules)}
@@ -189,6 +190,7 @@ def annotation(finding: LintFinding, root: Path, column: int) -> str:
 
 def to_github(report: LintReport, root: Path) -> str:
     """One annotation per finding (Python migrations as notices), then the summary line."""
+    root = root.resolve()
     column = _Columns()
     lines = [annotation(f, root, column(f.file, f.line)) for f in report.findings]
     lines += [f"::notice::{escape_data(mid)}: not linted (Python migration)" for mid in report.skipped]

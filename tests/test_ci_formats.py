@@ -186,3 +186,15 @@ def test_github_summary_comes_last(tmp_path):
 def test_the_vendored_schema_rejects_invalid_logs(bad):
     with pytest.raises(jsonschema.ValidationError):
         validate(bad)
+
+
+def test_a_relative_root_is_resolved(tmp_path, monkeypatch):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "001_a.sql").write_text("SELECT 1;\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    report = LintReport(findings=[LintFinding("m/001_a.sql", 1, "set-not-null", "error", "m", "f")])
+    log = to_sarif(report, Path("."))
+    validate(log)
+    assert log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"] == \
+        {"uri": "m/001_a.sql", "uriBaseId": "SRCROOT"}
+    assert to_github(report, Path(".")).startswith("::error file=m/001_a.sql,line=1,col=1,")
