@@ -27,6 +27,8 @@ class Invocation:
 
     flags: dict[str, Any]
     databases: tuple[str, ...] = ()
+    # --format sarif|github: for `lint` and `check-files` only (runner.lint_formats), never a setting.
+    ci_format: str | None = None
     out: Any = field(default=None, repr=False)  # the real stdout; sys.stdout is stderr while a command runs
     _settings: Any = field(default=None, repr=False)
 
@@ -88,7 +90,8 @@ def reorder(argv: Sequence[str]) -> list[str]:
               help="Database URL (env DATABASE_URL). Default: sqlite:///migrate.db")
 @click.option("--migrations", metavar="DIR", help="Migrations folder (env MIGRATE_MIGRATIONS). Default: migrations")
 @click.option("--config", metavar="FILE", help="Config file. Default: migrate.toml, else [tool.migrate] in pyproject.toml")
-@click.option("--format", "format_", type=click.Choice(["text", "json"]), help="Output on stdout. Default: text")
+@click.option("--format", "format_", type=click.Choice(["text", "json", "sarif", "github"]),
+              help="Output on stdout. Default: text (sarif, github: lint and check-files only)")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]),
               help="Logs on stderr: auto = console on a terminal, else JSON lines")
 @click.version_option(package_name="migrate-runner", prog_name="migrate")
@@ -99,9 +102,15 @@ def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, 
     from runner import logs
 
     asks_help = bool(ctx.obj and ctx.obj.get("help"))
+    ci_format = None
+    if format_ in ("sarif", "github"):
+        if ctx.invoked_subcommand not in (None, "lint", "check-files"):
+            raise click.UsageError(f"--format {format_} is for `migrate lint` and `migrate check-files` only")
+        ci_format, format_ = format_, None
     ctx.obj = Invocation(
         flags={"migrations": migrations, "config": config, "format": format_, "log_format": log_format},
         databases=databases,
+        ci_format=ci_format,
         out=sys.stdout,
     )
     if ctx.invoked_subcommand is None and not asks_help:

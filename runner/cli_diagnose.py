@@ -1,5 +1,5 @@
-"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``envs``; plus what the core
-commands call for diagnosis (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
+"""Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``check-files``, ``envs``; plus
+what the core commands call for diagnosis (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
 
 Register with ``for command in COMMANDS: cli.add_command(command)``. Each
 command returns its exit code (see README.md).
@@ -113,9 +113,41 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
 @click.pass_obj
 def lint(inv: Any, paths: tuple[str, ...], all_files: bool, offline: bool) -> int:
     """Report unsafe operations in pending PostgreSQL migrations (or --all, or the given files)."""
-    report = run_lint(inv.settings, all_files=all_files or offline, offline=offline, paths=paths)
-    inv.emit(report.as_dict(), _relative(report.as_text()))
+    try:
+        report = run_lint(inv.settings, all_files=all_files or offline, offline=offline, paths=paths)
+    except errors.MigrationFileError as err:
+        if not inv.ci_format:
+            raise
+        # A file lint cannot parse is a finding too, so that it shows on the pull request.
+        from runner.filecheck import FileCheckReport, file_error
+
+        _emit_report(inv, FileCheckReport(findings=[file_error(err)], linted=[Path(err.path).name]))
+        raise
+    _emit_report(inv, report)
     return errors.NOT_AT_HEAD if report.errors else errors.OK
+
+
+def _emit_report(inv: Any, report: Any) -> None:
+    """A lint or check-files report in the format asked for (text, json, sarif, github)."""
+    if inv.ci_format:
+        from runner.lint_formats import render
+
+        click.echo(render(report, inv.ci_format), file=inv.out)
+    else:
+        inv.emit(report.as_dict(), _relative(report.as_text()))
+
+
+@click.command("check-files")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.pass_obj
+def check_files(inv: Any, paths: tuple[str, ...]) -> int:
+    """Check migration files without a database: parse errors, malformed directives, duplicate
+    versions or ids in their folder, unknown depends (every problem, not only the first)."""
+    from runner.filecheck import check_files as run_check
+
+    report = run_check(paths, inv.settings.renames)
+    _emit_report(inv, report)
+    return errors.USAGE if report.findings else errors.OK
 
 
 def _relative(text: str) -> str:
@@ -190,4 +222,4 @@ def envs(inv: Any, targets: tuple[str, ...]) -> int:
     return multi_status(inv, targets)
 
 
-COMMANDS = [doctor, snapshot, adopt, lint, envs]
+COMMANDS = [doctor, snapshot, adopt, lint, check_files, envs]

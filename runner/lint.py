@@ -135,6 +135,12 @@ def _file_disables(migration: MigrationFile, text: str | None) -> set[str]:
     return rules
 
 
+def check_lint_directives(migration: MigrationFile, text: str | None) -> None:
+    """Raise MigrationFileError for a malformed ``-- lint: disable=`` or an unknown rule in it
+    (``migrate check-files``)."""
+    _file_disables(migration, text)
+
+
 def _declared_renames(migration: MigrationFile, renames: Sequence[dict[str, Any]]) -> set[tuple[str, str, str]]:
     """(table, old, new) triples declared for ``migration``, exactly as the compat hook reads them."""
     from compat.declarations import declarations_from
