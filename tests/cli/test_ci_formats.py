@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from runner.lint import LintFinding, LintReport
 from runner.lint_formats import annotation, escape_data, escape_property, find_root, to_github, to_sarif
 
-SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "data" / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
 GITHUB_ENV = ("GITHUB_WORKSPACE",)
 
 
