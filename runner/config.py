@@ -16,6 +16,7 @@ from typing import Any
 
 from runner.durations import parse_duration
 from runner.errors import ConfigError
+from runner.pooler import SETTINGS as pooler_settings
 
 DEFAULT_DATABASE = "sqlite:///migrate.db"
 
@@ -27,12 +28,14 @@ ENV = {
     "log_format": "MIGRATE_LOG_FORMAT",
     "format": "MIGRATE_FORMAT",
     "schema": "MIGRATE_SCHEMA",
+    "pooler": "MIGRATE_POOLER",
+    "lock_lease": "MIGRATE_LOCK_LEASE",
 }
 CONFIG_ENV = "MIGRATE_CONFIG"
 
 _TOP_KEYS = {
     "database", "migrations", "schema", "lock_timeout", "lock_wait", "lock_retries",
-    "format", "log_format", "compat", "renames", "lint", "environments",
+    "format", "log_format", "compat", "renames", "lint", "environments", "pooler", "lock_lease",
 }
 _COMPAT_KEYS = {"enabled", "default_window", "schema_template", "sqlite_view_template"}
 _RENAME_KEYS = {"migration", "table", "old", "new", "window", "until", "expose"}
@@ -40,6 +43,7 @@ _RENAME_REQUIRED = ("migration", "table", "old", "new")
 _LINT_KEYS = {"disable"}
 _FORMATS = ("text", "json")
 _LOG_FORMATS = ("auto", "console", "json")
+_POOLERS = pooler_settings
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Settings:
     lock_timeout: timedelta = timedelta(seconds=5)
     lock_retries: int = 5
     lock_wait: timedelta = timedelta(minutes=5)
+    # A connection pooler in front of PostgreSQL (runner.pooler): auto, none, session, transaction;
+    # and the lease the runner's lock becomes through one (runner.lease).
+    pooler: str = "auto"
+    lock_lease: timedelta = timedelta(seconds=30)
     format: str = "text"
     log_format: str = "auto"
     compat: CompatSettings = field(default_factory=CompatSettings)
@@ -141,7 +149,7 @@ def load_settings(
         settings.migrations = folder
     if not settings.migrations.is_absolute():
         settings.migrations = cwd / settings.migrations
-    for key in ("lock_timeout", "lock_wait"):
+    for key in ("lock_timeout", "lock_wait", "lock_lease"):
         value, source = pick(key)
         if value is not None:
             try:
@@ -153,7 +161,7 @@ def load_settings(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{source}: expected a whole number >= 0, got {value!r}")
         settings.lock_retries = value
-    for key, allowed in (("format", _FORMATS), ("log_format", _LOG_FORMATS)):
+    for key, allowed in (("format", _FORMATS), ("log_format", _LOG_FORMATS), ("pooler", _POOLERS)):
         value, source = pick(key)
         if value is not None:
             if value not in allowed:

@@ -25,6 +25,8 @@ Finding kinds (``severity`` "error" unless noted; exit 1 when any error):
 - ``post-apply-pending``: a post-apply hook failed after migrations were applied; the next
   `migrate up` runs it again.
 - ``no-snapshot`` / ``stale-snapshot`` (info): drift cannot be checked yet.
+- ``pooler`` (info): a connection pooler (PgBouncer) is between the runner and the server, its
+  pool mode, and what the runner does differently through it (docs/poolers.md).
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def lock_finding(db: Database) -> Finding | None:
     who = holder(db)
     if who is None:
         return None
+    if who.lease_expires_at is not None:
+        return Finding("lock-held", who.pid,
+                       f"the migration lock is held by {who.describe()}: a migration run is in progress",
+                       "wait for it; a runner that was killed stops renewing its lease, which then expires by itself")
     if who.lock_file:
         return Finding("lock-held", f"pid {who.pid}",
                        f"the migration lock file {who.lock_file} is held by pid {who.pid}: a migration run is in "
@@ -106,6 +112,18 @@ def lock_finding(db: Database) -> Finding | None:
         + (": a migration run is in progress" if who.looks_like_runner else ""),
         f"wait for it; if that process is gone or stuck: SELECT pg_terminate_backend({who.pid}) "
         "(the lock is released with the session)")
+
+
+def pooler_finding(db: Database) -> Finding | None:
+    """A connection pooler in front of the server, and what changes through it (runner.pooler)."""
+    from runner.pooler import consequences
+
+    found = db.facts.get("pooler")
+    if found is None or not found.pooled:
+        return None
+    return Finding("pooler", found.mode, f"{found.describe()}: {consequences(found)}",
+                   "nothing to do; see docs/poolers.md (set `pooler = \"session\"` or `\"transaction\"` when the "
+                   "mode is assumed, or connect directly for non-transactional migrations)", "info")
 
 
 def not_managed_finding(db: Database) -> Finding:
@@ -237,6 +255,9 @@ def diagnose(db: Database, settings: Any) -> Diagnosis:
     lock = lock_finding(db)
     if lock:
         diagnosis.findings.append(lock)
+    pooled = pooler_finding(db)
+    if pooled:
+        diagnosis.findings.append(pooled)
     if not db.table_exists(history.HISTORY):
         diagnosis.findings.append(not_managed_finding(db))
         return diagnosis
