@@ -125,3 +125,37 @@ def admin_console_mode(connect_args: dict[str, Any]) -> str | None:
         (r for r in rows if r.get("name") == "*"), None)
     mode = (row or {}).get("pool_mode") or config.get("pool_mode")
     return mode if mode in MODES else None
+
+
+@dataclass(frozen=True)
+class PoolerClient:
+    """A client connected to the pooler (PgBouncer's ``SHOW CLIENTS``)."""
+
+    user: str
+    database: str
+    state: str
+    address: str
+    application_name: str
+
+
+def admin_console_clients(connect_args: dict[str, Any]) -> list[PoolerClient] | None:
+    """Clients connected to PgBouncer for this database (not the runner's own connections,
+    whose application_name starts with ``migrate``), None when the admin console does not
+    answer."""
+    import psycopg
+
+    args = dict(connect_args)
+    database = args.get("dbname")
+    args.update(dbname="pgbouncer", connect_timeout="3")
+    try:
+        with psycopg.connect(**args, autocommit=True) as console:
+            console.prepare_threshold = None
+            cursor = console.execute("SHOW CLIENTS")
+            names = [d.name for d in cursor.description or []]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+    except psycopg.Error:
+        return None
+    return [PoolerClient(str(r.get("user")), str(r.get("database")), str(r.get("state")),
+                         f"{r.get('addr')}:{r.get('port')}", str(r.get("application_name") or ""))
+            for r in rows if r.get("database") == database
+            and not str(r.get("application_name") or "").startswith("migrate")]
