@@ -194,7 +194,7 @@ def drop(db: Database, names: Sequence[str] = (), *, expired: bool = False, forc
         sessions.extend(pooled_sessions)
         notes.extend(pooled_notes)
         if sessions and not force:
-            raise ShimInUse(_in_use_message(targets, sessions))
+            raise ShimInUse(_in_use_message(targets, sessions) + "".join(f" ({n})" for n in pooled_notes[:1]))
         reason = reason or ("expired" if expired and not names else "dropped by request")
         if force and sessions:
             reason = f"{reason} (forced past {len(sessions)} session(s))"
@@ -236,7 +236,8 @@ def _through_pooler(db: Database, shims: list[Shim], active: list[Route]) -> tup
     notes = [f"{found.describe()}: the in-use check sees server connections only; a client of the pooler is "
              "visible only while it holds a server connection (in a transaction, in transaction mode), and "
              "pg_stat_activity shows the pooler's address, not the client's; idle pooled clients reading the shims "
-             "cannot be seen in the database"]
+             "cannot be seen in the database; an idle server connection the pooler keeps for a routed role counts as "
+             "in use until the pooler closes it (server_idle_timeout, or RECONNECT/KILL on its admin console)"]
     clients = admin_console_clients(db.address.connect_args)
     if clients is None:
         notes.append("PgBouncer's admin console is not readable by this user (admin_users/stats_users): clients "

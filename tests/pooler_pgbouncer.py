@@ -51,6 +51,13 @@ class PgBouncer:
         conn.prepare_threshold = None
         return conn
 
+    def allow(self, role: str) -> None:
+        """Let ``role`` log in through the pooler (the server's trust rules apply behind it)."""
+        with open(self.folder / "users.txt", "a") as users:
+            users.write(f'"{role}" ""\n')
+        with self.admin() as console:
+            console.execute("RELOAD")
+
     def log(self) -> str:
         return (self.folder / "pgbouncer.log").read_text(errors="replace")
 
