@@ -119,9 +119,26 @@ class Lease:
         db = self.db
         ensure_table(db, self.lock_key)
         seconds = self.length.total_seconds()
-        with transaction(db):
-            db.execute(SAFE_PATH)
-            row = db.execute(
+        try:
+            with transaction(db):
+                db.execute(SAFE_PATH)
+                # A holder's migration transaction keeps the row locked (guard_sql): do not queue behind it.
+                db.execute("SET LOCAL lock_timeout = '200ms'")
+                row = self._insert(db, seconds)
+        except db.dialect.errors as err:
+            if db.dialect.is_lock_timeout(err):
+                return False
+            raise
+        if row is None or row[0] != self.token:
+            return False
+        if self._advisory_held():
+            self.release()
+            return False
+        self._start()
+        return True
+
+    def _insert(self, db: Database, seconds: float) -> Any:
+        return db.execute(
                 f"INSERT INTO {_table(db)} AS l (name, holder, client, db_user, application_name, acquired_at, "
                 "renewed_at, expires_at) VALUES (%s, %s, %s, current_user, "
                 "pg_catalog.current_setting('application_name', true), pg_catalog.clock_timestamp(), "
@@ -133,13 +150,17 @@ class Lease:
                 "expires_at = EXCLUDED.expires_at "
                 "WHERE l.expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() RETURNING l.holder",
                 (NAME, self.token, self.client, seconds)).fetchone()
-        if row is None or row[0] != self.token:
-            return False
-        if self._advisory_held():
-            self.release()
-            return False
-        self._start()
-        return True
+
+    def guard_sql(self) -> str:
+        """A statement for the start of each of the holder's transactions (a migration's, shims
+        drop's): it locks the lease row FOR SHARE until the transaction ends, so no other runner
+        can take the lease over while a migration is being applied, and fails the transaction
+        when the lease is no longer this runner's. Exactly-once does not rest on clocks."""
+        table = _table(self.db).replace("'", "''")
+        return (f"DO $migrate_lease$ BEGIN PERFORM 1 FROM {_table(self.db)} WHERE name = 'runner' "
+                f"AND holder OPERATOR(pg_catalog.=) '{self.token}' FOR SHARE; IF NOT FOUND THEN RAISE EXCEPTION "
+                f"'this runner no longer holds the migration lease in {table}: another runner took it over after "
+                f"it was not renewed for a whole lock_lease'; END IF; END $migrate_lease$")
 
     def _advisory_held(self) -> bool:
         """Whether a runner connected directly holds the runner's session advisory lock."""

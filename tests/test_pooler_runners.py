@@ -18,7 +18,7 @@ import pytest
 import pooler_pgbouncer
 from conftest import ROOT, run_migrate
 from helpers import history, hold_table, scalar, write_migrations
-from runner.db import connect
+from runner.db import connect, transaction
 from runner.lease import Lease
 from runner.lock import runner_lock
 from datetime import timedelta
@@ -159,7 +159,28 @@ def test_a_runner_that_cannot_renew_its_lease_is_taken_over(bouncer, pg_url):
             pytest.fail("the expired lease was never taken over")
         with psycopg.connect(pg_url, autocommit=True) as conn:
             assert not old.renew(conn)
+        with pytest.raises(psycopg.Error, match="no longer holds the migration lease"):
+            with transaction(first):  # the old holder's next migration transaction fails whole
+                first.execute(old.guard_sql())
         new.release()
+
+
+def test_no_takeover_while_the_holder_is_inside_a_migration_transaction(bouncer, pg_url):
+    """The lease row is locked for the length of each of the holder's migrations: even past its
+    expiry (a long statement, renewals queued) no other runner gets it until that transaction ends."""
+    with connect(bouncer.url(pg_url)) as holder, connect(bouncer.url(pg_url)) as other:
+        held = Lease(holder, holder.dialect.lock_key(holder), timedelta(seconds=1))
+        assert held.try_acquire()
+        held._stop.set()
+        held._thread.join()
+        with transaction(holder):
+            holder.execute(held.guard_sql())
+            while not scalar(pg_url, "SELECT bool_and(expires_at <= clock_timestamp()) FROM _migrate_lock"):
+                time.sleep(0.1)
+            assert not Lease(other, other.dialect.lock_key(other), timedelta(seconds=30)).try_acquire()
+        taker = Lease(other, other.dialect.lock_key(other), timedelta(seconds=30))
+        assert taker.try_acquire()
+        taker.release()
 
 
 def test_lock_timeout_applies_per_migration_through_the_pooler(bouncer, pg_url, tmp_path):

@@ -243,6 +243,9 @@ class PostgreSQL:
             statements.append(f"SET LOCAL search_path TO {SAFE_SEARCH_PATH}")
             if self.server_version(db) >= 140000:
                 statements.append("SET LOCAL client_connection_check_interval = 1000")
+        held = db.facts.get("lease")
+        if local and held is not None:
+            statements.append(held.guard_sql())
         return statements
 
     def migration_search_path(self, db: Database, local: bool) -> list[str]:
