@@ -76,11 +76,18 @@ def test_eight_concurrent_runners_apply_each_migration_exactly_once(bouncer, pg_
 
 
 def test_no_runner_setting_leaks_into_the_pool(bouncer, pg_url, tmp_path):
-    """The runner's search_path, lock_timeout and keepalives never reach the pooler's other clients."""
-    folder = write_migrations(tmp_path / "m", SEEDED)
+    """The runner's search_path, lock_timeout and keepalives never reach the pooler's other clients,
+    also with a non-transactional migration (which, in transaction mode, runs with the server
+    connection's own settings, and says so)."""
+    folder = write_migrations(tmp_path / "m", {**SEEDED, "005_index.sql": "-- transactional: false\n"
+                                               "CREATE INDEX CONCURRENTLY items_name ON items (name);\n"})
     url = bouncer.url(pg_url)
-    result = run_migrate("up", "--database", url, "--migrations", str(folder), "--lock-timeout", "1234ms")
+    result = run_migrate("up", "--database", url, "--migrations", str(folder), "--lock-timeout", "1234ms",
+                         "--log-format", "json")
     assert result.returncode == 0, result.stderr
+    assert history(pg_url)[-1] == "005_index"
+    warned = "no lock_timeout or search_path of the runner applies to it" in result.stderr
+    assert warned == (bouncer.mode == "transaction")
     seen = set()
     for _ in range(5):  # the pooler's server connections, as other clients get them
         with psycopg.connect(url, autocommit=True) as conn:
