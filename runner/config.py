@@ -156,6 +156,8 @@ def load_settings(
                 setattr(settings, key, parse_duration(value, source))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+            if key == "lock_lease" and settings.lock_lease < timedelta(seconds=1):
+                raise ConfigError(f"{source}: the lease must be at least 1s, got {value!r}")
     value, source = pick("lock_retries")
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -86,7 +86,7 @@ def start(mode: str, *, admin_users: str = "postgres", pool_size: int = 20) -> P
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
         f"pool_mode = {mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
         f"admin_users = {admin_users}\nstats_users = {admin_users}\n"
-        "ignore_startup_parameters = extra_float_digits,options\n"
+        "ignore_startup_parameters = extra_float_digits\n"
         "server_check_delay = 0\n")
     os.chmod(folder, 0o755)
     for name in ("users.txt", "pgbouncer.ini"):

@@ -215,3 +215,27 @@ def test_lock_timeout_applies_per_migration_through_the_pooler(bouncer, pg_url, 
     done = run_migrate("up", "--database", url, "--migrations", str(folder))
     assert done.returncode == 0, done.stderr
     assert history(pg_url) == ["001_items", "002_prices"]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MIGRATE_POOLER": "pgbouncer"}, "MIGRATE_POOLER: expected one of auto, none, session, transaction, got 'pgbouncer'"),
+    ({"MIGRATE_LOCK_LEASE": "200ms"}, "MIGRATE_LOCK_LEASE: the lease must be at least 1s, got '200ms'"),
+])
+def test_bad_pooler_settings_are_usage_errors(pg_url, tmp_path, env, message):
+    folder = write_migrations(tmp_path / "m", SEEDED)
+    result = run_migrate("up", "--database", pg_url, "--migrations", str(folder), env=env)
+    assert result.returncode == 2 and result.stderr.strip() == f"migrate: error: {message}"
+    assert history(pg_url) == []
+
+
+def test_a_statement_pool_is_refused(pg_url, tmp_path):
+    statement_pool = pooler_pgbouncer.start("statement")
+    try:
+        folder = write_migrations(tmp_path / "m", SEEDED)
+        result = run_migrate("up", "--database", statement_pool.url(pg_url), "--migrations", str(folder))
+    finally:
+        statement_pool.stop()
+    assert result.returncode == 2, result.stderr
+    assert "runs pool_mode = statement" in result.stderr and "migrations need transactions" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert history(pg_url) == []
