@@ -27,7 +27,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from runner.db import quote_identifier, transaction
@@ -93,8 +93,9 @@ def live_holder(db: Database, token: str | None = None) -> LockHolder | None:
     if row is None:
         return None
     client, user, app, acquired, renewed, expires, left = row
-    return LockHolder(client, user, app, None, acquired, None, None, None,
-                      lease_expires_at=expires, lease_left=left, lease_renewed_at=renewed)
+    return LockHolder(client, user, app, None, acquired.astimezone(timezone.utc), None, None, None,
+                      lease_expires_at=expires.astimezone(timezone.utc), lease_left=left,
+                      lease_renewed_at=renewed.astimezone(timezone.utc))
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Lease:
         return True
 
     def _insert(self, db: Database, seconds: float) -> Any:
+        """Insert the lease row, or take over an expired one; the row holding this token, or None."""
         return db.execute(
                 f"INSERT INTO {_table(db)} AS l (name, holder, client, db_user, application_name, acquired_at, "
                 "renewed_at, expires_at) VALUES (%s, %s, %s, current_user, "

@@ -4,6 +4,7 @@ excluding each other, lock_timeout per migration, and no runner setting leaking 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -139,6 +140,9 @@ def test_a_direct_and_a_pooled_runner_exclude_each_other(bouncer, pg_url, tmp_pa
             direct = run_migrate("up", "--database", pg_url, "--migrations", str(folder), "--lock-wait", "1s")
             assert direct.returncode == 3, direct.stderr
             assert "lease in _migrate_lock" in direct.stderr and "application_name='migrate'" in direct.stderr
+            doctor = run_migrate("doctor", "--database", pg_url, "--migrations", str(folder), "--format", "json")
+            (held,) = [f for f in json.loads(doctor.stdout) if f["kind"] == "lock-held"]
+            assert "lease in _migrate_lock" in held["detail"] and "expires by itself" in held["fix"]
     assert history(pg_url) == []
     with connect(pg_url) as direct_db:
         assert not direct_db.facts["pooler"].pooled
