@@ -189,9 +189,13 @@ def drop(db: Database, names: Sequence[str] = (), *, expired: bool = False, forc
             targets.extend(s for s in registry.shims("active") if s.expired(now) and s not in targets)
         if not targets:
             return DropReport(dropped=[], notes=["no expired shims"])
-        sessions, notes = for_database(db).sessions_using(db, targets, routes.active_routes(db))
+        active_routes = routes.active_routes(db)
+        sessions, notes = for_database(db).sessions_using(db, targets, active_routes)
+        pooled_sessions, pooled_notes = _through_pooler(db, targets, active_routes)
+        sessions.extend(pooled_sessions)
+        notes.extend(pooled_notes)
         if sessions and not force:
-            raise ShimInUse(_in_use_message(targets, sessions))
+            raise ShimInUse(_in_use_message(targets, sessions) + "".join(f" ({n})" for n in pooled_notes[:1]))
         reason = reason or ("expired" if expired and not names else "dropped by request")
         if force and sessions:
             reason = f"{reason} (forced past {len(sessions)} session(s))"
@@ -219,6 +223,36 @@ def drop(db: Database, names: Sequence[str] = (), *, expired: bool = False, forc
     for shim in dropped:
         log.info("shim dropped", shim=shim.name, reason=reason)
     return DropReport(dropped, schemas, undone, sessions if force else [], notes)
+
+
+def _through_pooler(db: Database, shims: list[Shim], active: list[Route]) -> tuple[list[Session], list[str]]:
+    """What a connection pooler hides from the in-use check, said, and what its admin console
+    shows: clients of roles routed to the shims' schemas connected to the pooler (even idle, with
+    no server connection of their own)."""
+    from runner.pooler import admin_console_clients
+
+    found = db.facts.get("pooler")
+    if found is None or not found.pooled:
+        return [], []
+    notes = [f"{found.describe()}: the in-use check sees server connections only; a client of the pooler is "
+             "visible only while it holds a server connection (in a transaction, in transaction mode), and "
+             "pg_stat_activity shows the pooler's address, not the client's; idle pooled clients reading the shims "
+             "cannot be seen in the database; an idle server connection the pooler keeps for a routed role counts as "
+             "in use until the pooler closes it (server_idle_timeout, or RECONNECT/KILL on its admin console)"]
+    clients = admin_console_clients(db.address.connect_args)
+    if clients is None:
+        notes.append("PgBouncer's admin console is not readable by this user (admin_users/stats_users): clients "
+                     "connected to the pooler were not checked; check them there (SHOW CLIENTS) before dropping")
+        return [], notes
+    schemas = {s.compat_schema for s in shims if s.compat_schema}
+    routed = {r.role: r for r in active if r.compat_schema in schemas}
+    sessions = [Session(0, c.user, c.application_name or None, c.address, c.state,
+                        f"connected to the pooler as role {c.user}, routed to {routed[c.user].compat_schema} "
+                        f"(PgBouncer SHOW CLIENTS)")
+                for c in clients if c.user in routed]
+    notes.append(f"PgBouncer's SHOW CLIENTS checked: {len(clients)} other client(s) of this database connected "
+                 f"to the pooler, {len(sessions)} of a role routed to the shims' schemas")
+    return sessions, notes
 
 
 def _fallthrough(shims: list[Shim]) -> str:

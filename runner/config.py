@@ -16,6 +16,7 @@ from typing import Any
 
 from runner.durations import parse_duration, parse_lock_timeout
 from runner.errors import ConfigError
+from runner.pooler import SETTINGS as pooler_settings
 
 DEFAULT_DATABASE = "sqlite:///migrate.db"
 
@@ -27,12 +28,14 @@ ENV = {
     "log_format": "MIGRATE_LOG_FORMAT",
     "format": "MIGRATE_FORMAT",
     "schema": "MIGRATE_SCHEMA",
+    "pooler": "MIGRATE_POOLER",
+    "lock_lease": "MIGRATE_LOCK_LEASE",
 }
 CONFIG_ENV = "MIGRATE_CONFIG"
 
 _TOP_KEYS = {
     "database", "migrations", "schema", "lock_timeout", "lock_wait", "lock_retries",
-    "format", "log_format", "compat", "renames", "lint", "environments",
+    "format", "log_format", "compat", "renames", "lint", "environments", "pooler", "lock_lease",
 }
 _COMPAT_KEYS = {"enabled", "default_window", "max_window", "schema_template", "sqlite_view_template"}
 _RENAME_KEYS = {"migration", "table", "old", "new", "window", "until", "expose"}
@@ -40,6 +43,7 @@ _RENAME_REQUIRED = ("migration", "table", "old", "new")
 _LINT_KEYS = {"disable"}
 _FORMATS = ("text", "json")
 _LOG_FORMATS = ("auto", "console", "json")
+_POOLERS = pooler_settings
 MAX_VALUE_LENGTH = 4096  # longer than any URL or path a user types; a pasted file is a mistake
 MAX_LOCK_RETRIES = 1000
 
@@ -66,6 +70,10 @@ class Settings:
     lock_timeout: timedelta = timedelta(seconds=5)
     lock_retries: int = 5
     lock_wait: timedelta = timedelta(minutes=5)
+    # A connection pooler in front of PostgreSQL (runner.pooler): auto, none, session, transaction;
+    # and the lease the runner's lock becomes through one (runner.lease).
+    pooler: str = "auto"
+    lock_lease: timedelta = timedelta(seconds=30)
     format: str = "text"
     log_format: str = "auto"
     compat: CompatSettings = field(default_factory=CompatSettings)
@@ -168,7 +176,8 @@ def load_settings(
         settings.sources["migrations"] = source
     if not settings.migrations.is_absolute():
         settings.migrations = cwd / settings.migrations
-    for key, parse in (("lock_timeout", parse_lock_timeout), ("lock_wait", parse_duration)):
+    for key, parse in (("lock_timeout", parse_lock_timeout), ("lock_wait", parse_duration),
+                       ("lock_lease", parse_duration)):
         value, source = pick(key)
         if value is not None:
             if isinstance(value, str):
@@ -177,13 +186,15 @@ def load_settings(
                 setattr(settings, key, parse(value, source))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+            if key == "lock_lease" and settings.lock_lease < timedelta(seconds=1):
+                raise ConfigError(f"{source}: the lease must be at least 1s, got {value!r}")
             settings.sources[key] = source
     value, source = pick("lock_retries")
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LOCK_RETRIES:
             raise ConfigError(f"{source}: expected a whole number from 0 to {MAX_LOCK_RETRIES}, got {value!r}")
         settings.lock_retries = value
-    for key, allowed in (("format", _FORMATS), ("log_format", _LOG_FORMATS)):
+    for key, allowed in (("format", _FORMATS), ("log_format", _LOG_FORMATS), ("pooler", _POOLERS)):
         value, source = pick(key)
         if value is not None:
             if value not in allowed:

@@ -111,18 +111,21 @@ def one_line(err: BaseException, url: str | None = None) -> str:
     return redact_text(text)
 
 
-def connect(url: str | DatabaseURL, *, schema: str | None = None, read_only: bool = False) -> Database:
+def connect(url: str | DatabaseURL, *, schema: str | None = None, read_only: bool = False,
+            pooler: str = "auto") -> Database:
     """Open a connection; raises DatabaseUnreachable (exit 5) with a redacted message.
 
     ``schema``: the runner's schema (PostgreSQL; default: the URL's ``schema=``, else ``public``).
     ``read_only``: the command only reads (SQLite: a missing file is not created).
+    ``pooler``: ``auto`` (detect a connection pooler), ``none``, ``session`` or ``transaction``
+    (PostgreSQL; see :mod:`runner.pooler`).
     """
     from runner.dialects import for_url
 
     parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
     dialect = for_url(parsed)
     try:
-        return dialect.connect(parsed, schema=schema, read_only=read_only)
+        return dialect.connect(parsed, schema=schema, read_only=read_only, pooler=pooler)
     except dialect.errors as err:
         raise DatabaseUnreachable(
             f"cannot connect to {parsed.redacted}: {one_line(err, url if isinstance(url, str) else None)}") from None
@@ -130,7 +133,9 @@ def connect(url: str | DatabaseURL, *, schema: str | None = None, read_only: boo
 
 def open_database(settings: Settings, *, read_only: bool = False) -> Database:
     """Connect to the configured database, with the configured schema for the runner's tables."""
-    return connect(settings.database, schema=settings.schema, read_only=read_only)
+    db = connect(settings.database, schema=settings.schema, read_only=read_only, pooler=settings.pooler)
+    db.facts["lock_lease"] = settings.lock_lease
+    return db
 
 
 @contextmanager

@@ -25,6 +25,8 @@ Finding kinds (``severity`` "error" unless noted; exit 1 when any error):
 - ``post-apply-pending``: a post-apply hook failed after migrations were applied; the next
   `migrate up` runs it again.
 - ``no-snapshot`` / ``stale-snapshot`` (info): drift cannot be checked yet.
+- ``pooler`` (info): a connection pooler (PgBouncer) is between the runner and the server, its
+  pool mode, and what the runner does differently through it (docs/poolers.md).
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def lock_finding(db: Database) -> Finding | None:
     who = holder(db)
     if who is None:
         return None
+    if who.lease_expires_at is not None:
+        return Finding("lock-held", who.pid,
+                       f"the migration lock is held by {who.describe()}: a migration run is in progress",
+                       "wait for it; a runner that was killed stops renewing its lease, which then expires by itself")
     if who.lock_file:
         return Finding("lock-held", f"pid {who.pid}",
                        f"the migration lock file {who.lock_file} is held by pid {who.pid}: a migration run is in "
@@ -118,6 +124,18 @@ def empty_folder_finding(folder: Any, applied: int) -> Finding:
     return Finding("empty-folder", str(folder),
                    f"the migrations folder {folder} has no migrations: `migrate up` has nothing to apply",
                    "check the --migrations path, or write the first migration with `migrate new NAME`", "info")
+
+
+def pooler_finding(db: Database) -> Finding | None:
+    """A connection pooler in front of the server, and what changes through it (runner.pooler)."""
+    from runner.pooler import consequences
+
+    found = db.facts.get("pooler")
+    if found is None or not found.pooled:
+        return None
+    return Finding("pooler", found.mode, f"{found.describe()}: {consequences(found)}",
+                   "nothing to do; see docs/poolers.md (set `pooler = \"session\"` or `\"transaction\"` when the "
+                   "mode is assumed, or connect directly for non-transactional migrations)", "info")
 
 
 def not_managed_finding(db: Database) -> Finding:
@@ -249,6 +267,9 @@ def diagnose(db: Database, settings: Any) -> Diagnosis:
     lock = lock_finding(db)
     if lock:
         diagnosis.findings.append(lock)
+    pooled = pooler_finding(db)
+    if pooled:
+        diagnosis.findings.append(pooled)
     # The folder first: a wrong --migrations path is refused, not diagnosed as "run `migrate up`".
     files, hooks = load_folder(settings.migrations, settings.sources.get("migrations"))
     if not db.table_exists(history.HISTORY):

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from runner import history, lockwaits, snapshot, statement_kinds, yoyo_adapter
+from runner import history, lease, lockwaits, snapshot, statement_kinds, yoyo_adapter
 from runner.config import Settings
 from runner.db import Database, one_line, rollback_quietly, transaction
 from runner.dialects import ScriptFailed
@@ -44,7 +44,7 @@ BATCH_MAX = 100
 # (see Engine.make_durable): at most this much applied work is unconfirmed at any time.
 FLUSH_EVERY = 0.1  # seconds
 # The runner's own relations: a database holding nothing else is fresh (Engine.apply).
-OWN_TABLES = (*history.TABLES, *yoyo_adapter.TABLES, *snapshot.TABLES)
+OWN_TABLES = (*history.TABLES, *yoyo_adapter.TABLES, *snapshot.TABLES, *lease.TABLES)
 
 
 class BatchFailed(Exception):

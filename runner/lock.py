@@ -2,7 +2,10 @@
 
 PostgreSQL: a session-level advisory lock keyed by the runner's schema, released by the server
 when the session ends (with TCP keepalives set, within about half a minute of the runner's host
-going silent), so a killed runner never leaves a stale lock. SQLite: an exclusive ``flock`` on
+going silent), so a killed runner never leaves a stale lock. Through a connection pooler
+(PgBouncer, :mod:`runner.pooler`), where a session lock would stay on a server connection the
+pooler shares, a lease row instead (:mod:`runner.lease`: renewed while the run lasts, expiring
+``lock_lease`` after a killed runner, locked by each migration's transaction). SQLite: an exclusive ``flock`` on
 ``<database>.lock``, released by the kernel when the process dies. Waiting is bounded by
 ``lock_wait``; on timeout the error names the holder, and says whether it looks like a runner
 (any client may take an advisory lock key).

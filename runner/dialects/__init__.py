@@ -30,15 +30,25 @@ class LockHolder:
     running_for: timedelta | None = None
     query: str | None = None
     lock_file: str | None = None
+    # A lease (the lock through a connection pooler, runner.lease): ``pid`` is host:pid of the runner.
+    lease_expires_at: datetime | None = None
+    lease_left: timedelta | None = None
+    lease_renewed_at: datetime | None = None
 
     @property
     def looks_like_runner(self) -> bool:
         """The runner connects with application_name ``migrate`` (unless the URL names another)."""
-        return self.lock_file is not None or (self.application_name or "").startswith("migrate")
+        return (self.lock_file is not None or self.lease_expires_at is not None
+                or (self.application_name or "").startswith("migrate"))
 
     def describe(self) -> str:
         if self.lock_file:
             return f"pid {self.pid} (lock file {self.lock_file})"
+        if self.lease_expires_at is not None:
+            left = max(0, int(self.lease_left.total_seconds())) if self.lease_left is not None else "?"
+            renewed = f"{self.lease_renewed_at:%Y-%m-%d %H:%M:%S}" if self.lease_renewed_at else "?"
+            return (f"the runner {self.pid} (lease in _migrate_lock, user {self.user}, application_name="
+                    f"{self.application_name!r}, last renewed {renewed} UTC, expires in {left}s unless renewed)")
         started = f"{self.backend_start:%Y-%m-%d %H:%M:%S}" if self.backend_start else "?"
         running = f", current statement running for {int(self.running_for.total_seconds())}s" if self.running_for else ""
         kind = ("looks like a migrate runner" if self.looks_like_runner else
@@ -86,7 +96,7 @@ class Dialect(Protocol):
     lints: bool  # whether `migrate lint` (PostgreSQL's grammar) applies
     for_update: str  # row-locking clause of a SELECT ("" where the whole database is locked)
 
-    def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool) -> Database: ...
+    def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool, pooler: str = "auto") -> Database: ...
     def placeholders(self, sql: Any) -> Any: ...
     def literal(self, db: Database, value: Any) -> str: ...
     def table_exists(self, db: Database, name: str) -> bool: ...

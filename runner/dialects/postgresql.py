@@ -21,8 +21,10 @@ from typing import Any
 from runner.db import Database, quote_identifier
 from runner.dialects import Blocker, LockHolder, ScriptFailed
 from runner.errors import DatabaseUnreachable, UntrustedObject
+from runner.logs import get_logger
 from runner.urls import DatabaseURL
 
+log = get_logger("migrate.postgresql")
 LOCK_CLASS = 0x6D677274  # "mgrt": first key of the runner's two-int advisory lock
 LOCK_NOT_AVAILABLE = "55P03"
 SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
@@ -77,8 +79,10 @@ class PostgreSQL:
         return (psycopg.Error,)
 
     # -- connection ---------------------------------------------------------------------
-    def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool) -> Database:
+    def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool, pooler: str = "auto") -> Database:
         import psycopg
+
+        from runner import pooler as poolers
 
         kwargs = dict(CLIENT_KEEPALIVES)
         kwargs.update(address.connect_args)
@@ -87,16 +91,14 @@ class PostgreSQL:
             # The session reset runs DEALLOCATE ALL after every migration, so psycopg's automatic
             # server-side prepared statements would only be prepared and deallocated again.
             connection.prepare_threshold = None
-            default_path, statement_timeout, version = connection.execute(
+            default_path, statement_timeout, version, server_pid = connection.execute(
                 "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_setting('statement_timeout'), "
-                "pg_catalog.current_setting('server_version_num')::pg_catalog.int4").fetchone()
-            session = [f"SET search_path TO {SAFE_SEARCH_PATH}"]
-            if version >= 140000:
-                # A runner killed mid-statement: without this the server keeps running the
-                # statement (holding the advisory lock) until it next talks to the client.
-                session.append("SET client_connection_check_interval = 1000")
-            session.extend(f"SET {name} = {value}" for name, value in TCP_KEEPALIVES.items())
-            connection.execute("; ".join(session))
+                "pg_catalog.current_setting('server_version_num')::pg_catalog.int4, "
+                "pg_catalog.pg_backend_pid()").fetchone()
+            found = poolers.detect(pooler, connection.info.backend_pid, server_pid, address.connect_args)
+            session = [] if found.per_transaction else self._session_settings(version)
+            if session:
+                connection.execute("; ".join(session))
         except BaseException:
             connection.close()
             raise
@@ -111,7 +113,27 @@ class PostgreSQL:
                       migration_search_path=migration_path, statement_timeout=statement_timeout,
                       session_sql=session, read_only=read_only)
         db.facts["server_version"] = version
+        db.facts["pooler"] = found
         return db
+
+    @staticmethod
+    def _session_settings(version: int) -> list[str]:
+        """The runner's session: its safe search_path, and a dead client noticed (not through a
+        transaction pooler, where a session SET would land on another client's server connection)."""
+        session = [f"SET search_path TO {SAFE_SEARCH_PATH}"]
+        if version >= 140000:
+            # A runner killed mid-statement: without this the server keeps running the
+            # statement (holding the advisory lock) until it next talks to the client.
+            session.append("SET client_connection_check_interval = 1000")
+        session.extend(f"SET {name} = {value}" for name, value in TCP_KEEPALIVES.items())
+        return session
+
+    @staticmethod
+    def pooler(db: Database) -> Any:
+        """The connection pooler in front of the server (:class:`runner.pooler.Pooler`)."""
+        from runner.pooler import DIRECT
+
+        return db.facts.get("pooler", DIRECT)
 
     def _schema_exists(self, db: Database, schema: str) -> bool:
         return db.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
@@ -206,13 +228,30 @@ class PostgreSQL:
     def migration_start(self, db: Database, lock_timeout: timedelta, flush: bool, local: bool = True) -> list[str]:
         """SET LOCALs right after BEGIN (``local=False``: session settings, for a migration run
         outside a transaction; the session reset after it undoes them)."""
+        if not local and self.pooler(db).per_transaction:
+            # Each statement outside a transaction may land on another server connection: a
+            # session SET would be lost for the next statement and leak to another client.
+            log.warning("through a transaction pooler a statement outside a transaction runs with the server "
+                        "connection's own settings: no lock_timeout or search_path of the runner applies to it")
+            return []
         statements = [lock_timeout_sql(lock_timeout, local=local)]
         if not flush:
             statements.append("SET LOCAL synchronous_commit = off")
+        if local and self.pooler(db).per_transaction:
+            # The server connection carries whatever its last client left: the runner's own
+            # session settings, for this transaction.
+            statements.append(f"SET LOCAL search_path TO {SAFE_SEARCH_PATH}")
+            if self.server_version(db) >= 140000:
+                statements.append("SET LOCAL client_connection_check_interval = 1000")
+        held = db.facts.get("lease")
+        if local and held is not None:
+            statements.append(held.guard_sql())
         return statements
 
     def migration_search_path(self, db: Database, local: bool) -> list[str]:
         """The user's search_path, for the migration's statements only."""
+        if not local and self.pooler(db).per_transaction:
+            return []  # see migration_start
         return [f"SELECT pg_catalog.set_config('search_path', {self.literal(db, db.migration_search_path or '')}, "
                 f"{'true' if local else 'false'})"]
 
@@ -316,13 +355,37 @@ class PostgreSQL:
         return LOCK_CLASS, zlib.crc32((db.schema or "").encode()) & 0x7FFFFFFF
 
     def try_lock(self, db: Database) -> bool:
-        return bool(db.scalar("SELECT pg_catalog.pg_try_advisory_lock(%s::pg_catalog.int4, %s::pg_catalog.int4)",
-                              self.lock_key(db)))
+        """The session advisory lock (a direct connection), else a lease (through a pooler: see
+        :mod:`runner.lease`); each refuses while the other kind is held."""
+        from runner import lease
+
+        if self.pooler(db).pooled:
+            held = db.facts.get("lease")
+            if held is None:
+                held = db.facts["lease"] = lease.Lease(db, self.lock_key(db), lease.lease_length(db))
+            return held.try_acquire()
+        if not db.scalar("SELECT pg_catalog.pg_try_advisory_lock(%s::pg_catalog.int4, %s::pg_catalog.int4)",
+                         self.lock_key(db)):
+            return False
+        if lease.live_holder(db) is not None:
+            self.unlock(db)
+            return False
+        return True
 
     def unlock(self, db: Database) -> None:
+        held = db.facts.pop("lease", None)
+        if held is not None:
+            held.release()
+            return
         db.execute("SELECT pg_catalog.pg_advisory_unlock(%s::pg_catalog.int4, %s::pg_catalog.int4)", self.lock_key(db))
 
     def lock_holder(self, db: Database) -> LockHolder | None:
+        from runner import lease
+
+        held = db.facts.get("lease")
+        leased = lease.live_holder(db, held.token if held is not None else None)
+        if leased is not None:
+            return leased
         classid, objid = self.lock_key(db)
         row = db.execute(
             "SELECT a.pid, a.usename, a.application_name, pg_catalog.host(a.client_addr), a.backend_start, a.state, "
@@ -363,7 +426,10 @@ class PostgreSQL:
             (db.schema, list(own_tables), self.others_connected(db)))
 
     def others_connected(self, db: Database) -> bool:
-        """Whether another client session is connected to this database."""
+        """Whether another client session is connected to this database (through a pooler: always
+        assumed, its clients are not visible as backends of their own)."""
+        if self.pooler(db).pooled:
+            return True
         return bool(db.scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = pg_catalog.current_database() "
             "AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend')"))

@@ -30,7 +30,7 @@ class SQLite:
              "now_default": "DEFAULT CURRENT_TIMESTAMP", "json_param": "%s"}
 
     # -- connection ---------------------------------------------------------------------
-    def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool) -> Database:
+    def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool, pooler: str = "auto") -> Database:
         path = address.sqlite_path or ""
         if read_only and not os.path.exists(path):
             raise DatabaseUnreachable(f"{address.redacted}: no database file {path} (a read-only command does not "
