@@ -52,6 +52,9 @@ def _targets_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+_FLAG = {"fleet_file": "--fleet", "targets_sql": "--targets-sql", "targets_cmd": "--targets-cmd"}
+
+
 def _waves(inv: Any, opts: dict[str, Any]) -> tuple[list[Any], int | None]:
     """The waves to run and the number of targets (None when streamed)."""
     from runner import fleet_shard as shard_mod
@@ -61,7 +64,7 @@ def _waves(inv: Any, opts: dict[str, Any]) -> tuple[list[Any], int | None]:
     sources = [k for k in ("fleet_file", "targets_sql", "targets_cmd") if opts.get(k)]
     if len(sources) != 1:
         raise errors.UsageError("give exactly one of --fleet FILE, --targets-sql QUERY, --targets-cmd COMMAND"
-                                + (f" (got {', '.join('--' + s.replace('_', '-') for s in sources)})" if sources else ""))
+                                + (f" (got {', '.join(_FLAG[s] for s in sources)})" if sources else ""))
     shard = shard_mod.resolve_shard(opts.get("shard_index"), opts.get("shard_count"), os.environ)
     template = opts.get("schema_template")
     if template is not None:
