@@ -203,7 +203,7 @@ def _url_name(url: str) -> str:
 
 
 def query_targets(catalog_url: str, query: str, template: str | None) -> Iterator[Target]:
-    """Targets from one query on the catalog database (read-only transaction, server-side cursor).
+    """Targets from one query on the catalog database (read-only, a server-side WITH HOLD cursor).
 
     Each row is ``value`` or ``name, value``: a value is a database URL, a schema name, or a tenant
     id for ``--schema-template``; schemas live in the catalog database."""
@@ -216,13 +216,16 @@ def query_targets(catalog_url: str, query: str, template: str | None) -> Iterato
     if address.dialect != "postgresql":  # the catalog query is read through psycopg
         raise UsageError(f"--targets-sql: the catalog database must be PostgreSQL, got {address.redacted}")
     try:
-        conn = psycopg.connect(**address.connect_args)
+        conn = psycopg.connect(**address.connect_args, autocommit=True)
     except psycopg.Error as err:
         raise DatabaseUnreachable(f"--targets-sql: cannot connect to {address.redacted}: {one_line(err)}") from None
     with conn:
         try:
-            conn.execute("SET TRANSACTION READ ONLY")
-            with conn.cursor(name="migrate_fleet_targets") as cursor:
+            # Read-only, and no transaction left open while the fleet runs (an open snapshot would
+            # make a tenant's CREATE INDEX CONCURRENTLY wait for the run itself): a WITH HOLD
+            # cursor is filled in its own transaction, then read in batches outside any.
+            conn.execute("SET default_transaction_read_only = on")
+            with conn.cursor(name="migrate_fleet_targets", withhold=True) as cursor:
                 cursor.itersize = 500
                 cursor.execute(query)
                 for n, row in enumerate(cursor, 1):

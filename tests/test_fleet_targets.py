@@ -108,7 +108,13 @@ def test_query_targets_streams_from_the_catalog(pg_url, pg_conn):
     pg_conn.execute("CREATE TABLE tenants (id int, active bool)")
     pg_conn.execute("CREATE SEQUENCE s")
     pg_conn.execute("INSERT INTO tenants SELECT g, g % 2 = 0 FROM generate_series(1, 1200) g")
-    found = list(query_targets(pg_url, "SELECT id FROM tenants WHERE active ORDER BY id", "tenant_{id}"))
+    stream = query_targets(pg_url, "SELECT id FROM tenants WHERE active ORDER BY id", "tenant_{id}")
+    found = [next(stream)]
+    # While the fleet runs, the catalog session holds no transaction (no snapshot a tenant's
+    # CREATE INDEX CONCURRENTLY would wait for).
+    assert pg_conn.execute("SELECT state, backend_xmin FROM pg_stat_activity WHERE application_name = 'migrate' "
+                           "AND datname = current_database()").fetchall() == [("idle", None)]
+    found += list(stream)
     assert len(found) == 600
     assert (found[0].name, found[0].url, found[0].schema) == ("tenant_2", pg_url, "tenant_2")
     named = list(query_targets(pg_url, "SELECT 'n' || id, 'postgresql://x@h/db' || id FROM tenants WHERE id < 3",
