@@ -9,7 +9,8 @@ to a file as well.
 Exit codes: 0 every target ok (``up``: at head; ``status``/``verify``: at head and clean;
 ``doctor``: healthy; ``shims audit``: no expired shim; ``lint``: no lint error); 1 at least one
 target failed or was not run (each one's reason is on its line); 2 bad options, fleet file or
-targets (nothing was run, unless a stream of targets failed midway); 5 the catalog database of ``--targets-sql`` is unreachable.
+targets (nothing was run, unless a stream of targets failed midway); 5 the catalog database of
+``--targets-sql`` is unreachable.
 """
 
 from __future__ import annotations
