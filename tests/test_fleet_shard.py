@@ -52,7 +52,8 @@ def test_resolve_shard_from_flags_and_environment():
     (3, 3, {}, "--shard-index: shard index 3 is out of range for 3 shard(s)"),
     (None, 2, {}, "--shard-count is 2 but no shard index"),
     (None, None, {"JOB_COMPLETION_INDEX": "x", "MIGRATE_SHARD_COUNT": "2"}, "JOB_COMPLETION_INDEX: expected a whole"),
-    (None, None, {"JOB_COMPLETION_INDEX": "0", "MIGRATE_SHARD_COUNT": "0"}, "MIGRATE_SHARD_COUNT: expected a number >= 1"),
+    (None, None, {"JOB_COMPLETION_INDEX": "0", "MIGRATE_SHARD_COUNT": "0"},
+     "MIGRATE_SHARD_COUNT: expected a number >= 1"),
     (0, 0, {}, "--shard-count: expected a number >= 1"),
 ])
 def test_bad_shard_settings_are_named(index, count, env, message):

@@ -164,6 +164,7 @@ def test_sigkill_of_the_fleet_runner_halfway(target, more_targets, tmp_path, fol
     assert again.returncode == 0, again.describe()
     by_target, _ = _lines(again.stdout)
     for i, t in enumerate(all_targets):
-        assert by_target[f"t{i}"]["applied"] == IDS[len(before[t.name]):], "the re-run must apply exactly what is missing"
+        missing = IDS[len(before[t.name]):]
+        assert by_target[f"t{i}"]["applied"] == missing, "the re-run must apply exactly what is missing"
         _applied_once(t.admin)
     FIGURES.add("fleet", kills=1, targets_after_kill=len(all_targets))
