@@ -97,36 +97,71 @@ class ConnectionSampler(threading.Thread):
         return self.peak
 
 
+class SocketSampler(threading.Thread):
+    """The most sockets the process ``pid`` held at once (/proc/PID/fd): the runner's connections,
+    counted at the client, exactly as it holds them (a server-side count also sees backends that
+    are still exiting after the runner closed them)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        fd_dir = Path(f"/proc/{self.pid}/fd")
+        while not self._halt.is_set():
+            try:
+                n = sum(1 for fd in fd_dir.iterdir() if os.readlink(fd).startswith("socket:"))
+            except OSError:
+                n = 0
+            self.peak = max(self.peak, n)
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join()
+        return self.peak
+
+
 @dataclass
 class Row:
     fleet: str
     what: str
     seconds: float
     rss_mb: float | None = None
-    connections: int | None = None
+    connections: int | None = None  # client side (fleet runs)
+    server_sessions: int | None = None  # pg_stat_activity
     ok: bool = True
 
 
-def timed(argv: list[str], sampler: ConnectionSampler | None = None, stdin: str | None = None,
-          shell: bool = False) -> tuple[float, float | None, int | None, bool]:
-    """(seconds, peak RSS in MB of the child, peak connections, exit 0?)."""
-    wrapper = [sys.executable, "-c",
-               "import resource, subprocess, sys\n"
-               "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
-               "sys.exit(code)"]
-    command = wrapper + (["bash", "-c", argv[0]] if shell else argv)
-    if sampler:
-        sampler.start()
+def timed(argv: list[str], sampler: ConnectionSampler, stdin: str | None = None,
+          shell: bool = False) -> tuple[float, float | None, int | None, int, bool]:
+    """(seconds, peak RSS in MB of the process, most sockets it held, most server sessions, exit 0?)."""
+    command = ["bash", "-c", argv[0]] if shell else argv
+    sampler.start()
     started = time.perf_counter()
-    proc = subprocess.run(command, env=env(), input=stdin, text=True, capture_output=True, cwd=ROOT)
+    proc = subprocess.Popen(command, env=env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    sockets = None if shell else SocketSampler(proc.pid)
+    if sockets:
+        sockets.start()
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    if stdin:
+        proc.stdin.write(stdin)
+    proc.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
-    peak = sampler.stop() if sampler else None
-    lines = proc.stderr.strip().splitlines()
-    rss = int(lines[-1]) / 1024 if lines and lines[-1].isdigit() else None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak_sockets = sockets.stop() if sockets else None
+    peak_sessions = sampler.stop()
+    reader.join()
     if proc.returncode != 0:
-        print(f"  ! exit {proc.returncode}: {' '.join(lines[-3:-1])[:300]}", file=sys.stderr)
-    return seconds, (rss if not shell else None), peak, proc.returncode == 0
+        print(f"  ! exit {proc.returncode}: {''.join(errors)[-300:]}", file=sys.stderr)
+    rss = None if shell else usage.ru_maxrss / 1024
+    return seconds, rss, peak_sockets, peak_sessions, proc.returncode == 0
 
 
 class Bench:
@@ -169,23 +204,23 @@ class Bench:
         rows = []
         for parallel in parallels:
             reset()
-            s, rss, peak, ok = timed(self.migrate("fleet", "up", "--fleet", str(fleet), "--parallel", str(parallel)),
-                                     ConnectionSampler(self.admin, names))
-            rows.append(Row(label, f"fleet up --parallel {parallel}", s, rss, peak, ok))
+            s, rss, peak, seen, ok = timed(self.migrate("fleet", "up", "--fleet", str(fleet), "--parallel",
+                                                        str(parallel)), ConnectionSampler(self.admin, names))
+            rows.append(Row(label, f"fleet up --parallel {parallel}", s, rss, peak, seen, ok))
             print(f"  {label}: fleet up --parallel {parallel}: {s:.1f}s", file=sys.stderr)
         status = timed(self.migrate("fleet", "status", "--fleet", str(fleet), "--parallel", "16"),
                        ConnectionSampler(self.admin, names))
-        rows.append(Row(label, "fleet status --parallel 16", status[0], status[1], status[2], status[3]))
+        rows.append(Row(label, "fleet status --parallel 16", *status))
         single = " ".join(self.migrate())
         reset()
-        s, _, peak, ok = timed([f"while read -r url; do {single} --database \"$url\" up >/dev/null || exit 1; done"],
-                               ConnectionSampler(self.admin, names), stdin=listing, shell=True)
-        rows.append(Row(label, "shell loop of migrate up", s, None, peak, ok))
+        s, _, _, seen, ok = timed([f"while read -r url; do {single} --database \"$url\" up >/dev/null || exit 1; "
+                                   "done"], ConnectionSampler(self.admin, names), stdin=listing, shell=True)
+        rows.append(Row(label, "shell loop of migrate up", s, None, None, seen, ok))
         print(f"  {label}: shell loop: {s:.1f}s", file=sys.stderr)
         reset()
-        s, _, peak, ok = timed([f"xargs -P 16 -I{{}} {single} --database {{}} up >/dev/null"],
-                               ConnectionSampler(self.admin, names), stdin=listing, shell=True)
-        rows.append(Row(label, "xargs -P 16 migrate up", s, None, peak, ok))
+        s, _, _, seen, ok = timed([f"xargs -P 16 -I{{}} {single} --database {{}} up >/dev/null"],
+                                  ConnectionSampler(self.admin, names), stdin=listing, shell=True)
+        rows.append(Row(label, "xargs -P 16 migrate up", s, None, None, seen, ok))
         return rows
 
     # -- schemas -----------------------------------------------------------------------
@@ -209,32 +244,34 @@ class Bench:
 
         for parallel in parallels:
             url = fresh()
-            s, rss, peak, ok = timed(self.migrate("--database", url, "fleet", "up", "--no-compat", "--targets-sql",
-                                                  query, "--schema-template", "tenant_{id}", "--parallel",
-                                                  str(parallel)), ConnectionSampler(self.admin, [name]))
-            rows.append(Row(label, f"fleet up --parallel {parallel}", s, rss, peak, ok))
+            s, rss, peak, seen, ok = timed(self.migrate("--database", url, "fleet", "up", "--no-compat",
+                                                        "--targets-sql", query, "--schema-template", "tenant_{id}",
+                                                        "--parallel", str(parallel)),
+                                           ConnectionSampler(self.admin, [name]))
+            rows.append(Row(label, f"fleet up --parallel {parallel}", s, rss, peak, seen, ok))
             print(f"  {label}: fleet up --parallel {parallel}: {s:.1f}s", file=sys.stderr)
         status = timed(self.migrate("--database", url, "fleet", "status", "--targets-sql", query,
                                     "--schema-template", "tenant_{id}", "--parallel", "16"),
                        ConnectionSampler(self.admin, [name]))
-        rows.append(Row(label, "fleet status --parallel 16", status[0], status[1], status[2], status[3]))
+        rows.append(Row(label, "fleet status --parallel 16", *status))
         single = " ".join(self.migrate())
         url = fresh()
-        s, _, peak, ok = timed([f"while read -r s; do MIGRATE_SCHEMA=$s {single} --database {url} up --no-compat "
-                                ">/dev/null || exit 1; done"], ConnectionSampler(self.admin, [name]), stdin=listing,
-                               shell=True)
-        rows.append(Row(label, "shell loop of migrate up", s, None, peak, ok))
+        s, _, _, seen, ok = timed([f"while read -r s; do MIGRATE_SCHEMA=$s {single} --database {url} up "
+                                   "--no-compat >/dev/null || exit 1; done"], ConnectionSampler(self.admin, [name]),
+                                  stdin=listing, shell=True)
+        rows.append(Row(label, "shell loop of migrate up", s, None, None, seen, ok))
         print(f"  {label}: shell loop: {s:.1f}s", file=sys.stderr)
         url = fresh()
-        s, _, peak, ok = timed([f"xargs -P 16 -I{{}} env MIGRATE_SCHEMA={{}} {single} --database {url} up --no-compat "
-                                ">/dev/null"], ConnectionSampler(self.admin, [name]), stdin=listing, shell=True)
-        rows.append(Row(label, "xargs -P 16 migrate up", s, None, peak, ok))
+        s, _, _, seen, ok = timed([f"xargs -P 16 -I{{}} env MIGRATE_SCHEMA={{}} {single} --database {url} up "
+                                   "--no-compat >/dev/null"], ConnectionSampler(self.admin, [name]), stdin=listing,
+                                  shell=True)
+        rows.append(Row(label, "xargs -P 16 migrate up", s, None, None, seen, ok))
         return rows
 
 
 def render(rows: list[Row]) -> str:
     out = [f"{'fleet':24} {'run':30} {'wall s':>8} {'vs loop':>8} {'vs xargs':>9} {'peak RSS MB':>12} "
-           f"{'max conns':>10}  ok", "-" * 112]
+           f"{'max conns':>10} {'server saw':>11}  ok", "-" * 124]
     for fleet in dict.fromkeys(r.fleet for r in rows):
         mine = [r for r in rows if r.fleet == fleet]
         loop = next((r.seconds for r in mine if r.what.startswith("shell loop")), None)
@@ -244,8 +281,9 @@ def render(rows: list[Row]) -> str:
             vs_xargs = f"{xargs / r.seconds:.2f}x" if xargs and "status" not in r.what else ""
             rss = f"{r.rss_mb:.0f}" if r.rss_mb else ""
             conns = "" if r.connections is None else str(r.connections)
-            out.append(f"{fleet:24} {r.what:30} {r.seconds:8.1f} {vs_loop:>8} {vs_xargs:>9} {rss:>12} {conns:>10}  "
-                       f"{'yes' if r.ok else 'NO'}")
+            seen = "" if r.server_sessions is None else str(r.server_sessions)
+            out.append(f"{fleet:24} {r.what:30} {r.seconds:8.1f} {vs_loop:>8} {vs_xargs:>9} {rss:>12} {conns:>10} "
+                       f"{seen:>11}  {'yes' if r.ok else 'NO'}")
     return "\n".join(out)
 
 
