@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -95,10 +95,15 @@ def run_waves(waves: Iterable[Wave], action: Action, options: FleetOptions, repo
         for wave in waves:
             with state:
                 failures_before = failures
-            for target in _stream(wave.targets):
+            stream = iter(wave.targets)
+            while True:
                 with state:
                     while running >= options.parallel:  # bounded: a target is read only when a worker is free
                         state.wait()
+                target = next(stream, None)
+                if target is None:
+                    break
+                with state:
                     if stop_reason is None and limit is not None and failures >= limit:
                         stop_reason = (f"{failures} target(s) failed (--on-error stop)" if options.on_error == "stop"
                                        else f"{failures} target(s) failed (--max-failures {options.max_failures})")
@@ -115,10 +120,6 @@ def run_waves(waves: Iterable[Wave], action: Action, options: FleetOptions, repo
                 if stop_reason is None and failures > failures_before:
                     stop_reason = f"wave {wave.name!r} had {failures - failures_before} failed target(s)"
     reporter.summary.stopped = stop_reason
-
-
-def _stream(targets: Iterable[Target]) -> Iterator[Target]:
-    yield from targets
 
 
 def _skipped(target: Target, wave: str, reason: str) -> TargetResult:
