@@ -78,6 +78,7 @@ def run_waves(waves: Iterable[Wave], action: Action, options: FleetOptions, repo
     running = 0
     failures = 0
     stop_reason: str | None = None
+    failed_wave: str | None = None  # a wave with failures stops the waves after it
 
     def finished(future: Future, wave: str) -> None:
         nonlocal running, failures
@@ -95,6 +96,8 @@ def run_waves(waves: Iterable[Wave], action: Action, options: FleetOptions, repo
         for wave in waves:
             with state:
                 failures_before = failures
+                if failed_wave is not None and stop_reason is None:
+                    stop_reason = failed_wave
             stream = iter(wave.targets)
             while True:
                 with state:
@@ -117,8 +120,8 @@ def run_waves(waves: Iterable[Wave], action: Action, options: FleetOptions, repo
             with state:
                 while running:  # the wave ends when its last target has reported
                     state.wait()
-                if stop_reason is None and failures > failures_before:
-                    stop_reason = f"wave {wave.name!r} had {failures - failures_before} failed target(s)"
+                if failed_wave is None and failures > failures_before:
+                    failed_wave = f"wave {wave.name!r} had {failures - failures_before} failed target(s)"
     reporter.summary.stopped = stop_reason
 
 

@@ -71,6 +71,7 @@ def test_results_are_json_lines_as_they_come_with_passwords_redacted():
     assert by_name["t0"]["url"] == "postgresql://u:***@h/db0"
     assert "pw" not in out.getvalue().replace("***", "")
     assert found[-1]["summary"]["failing"] == ["t1"] and reporter.summary.exit_code == 1
+    assert found[-1]["summary"]["stopped"] is None  # one wave: nothing was stopped
 
 
 def test_a_failing_wave_stops_the_next_and_skipped_targets_are_reported():
