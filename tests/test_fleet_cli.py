@@ -4,7 +4,6 @@ per-schema locks, waves and stopping, status by lag, the other fleet commands, e
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
