@@ -296,6 +296,7 @@ def _register_extensions() -> None:
     from runner.cli_diagnose import COMMANDS as diagnose_commands
 
     cli.add_command(shims)
+    cli.add_command(__import__("runner.cli_fleet", fromlist=["fleet"]).fleet)  # migrate fleet ...
 
     for command in diagnose_commands:
         cli.add_command(command)

@@ -8,8 +8,8 @@ gets its own database, dropped afterwards.
 
 from __future__ import annotations
 
-import shutil
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +78,27 @@ def make_role() -> Iterator:
                 except psycopg.Error:
                     pass
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def databases() -> Iterator:
+    """databases(n) -> n fresh database URLs (dropped afterwards)."""
+    made: list[str] = []
+
+    def make(n: int) -> list[str]:
+        urls = []
+        with admin_connect() as conn:
+            for _ in range(n):
+                name = f"migrate_test_{uuid.uuid4().hex[:12]}"
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                made.append(name)
+                urls.append(with_database(ADMIN_URL, name))
+        return urls
+
+    yield make
+    with admin_connect() as conn:
+        for name in made:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture

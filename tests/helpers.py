@@ -151,6 +151,14 @@ def history(url: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def schema_history(url: str, schema: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass(%s)", (f"{schema}._migrate_history",)).fetchone()[0] is None:
+            return []
+        return [r[0] for r in conn.execute(
+            psycopg.sql.SQL("SELECT migration_id FROM {}._migrate_history ORDER BY 1").format(psycopg.sql.Identifier(schema)))]
+
+
 def hold_table(url: str, table: str, ready: threading.Event, release: threading.Event) -> None:
     """A report (application_name 'long-report') reading ``table``: holds its AccessShareLock,
     which a migration's ALTER TABLE must wait for, until ``release`` is set."""

@@ -64,6 +64,12 @@ def split_search_path(value: str) -> list[str]:
     return [n for n in names if n]
 
 
+def schema_lock_key(schema: str | None) -> tuple[int, int]:
+    """The runner's advisory lock key (classid, objid) for the runner's schema ``schema``: one lock
+    per schema, so tenants' schemas in one database migrate in parallel (`migrate fleet`)."""
+    return LOCK_CLASS, zlib.crc32((schema or "").encode()) & 0x7FFFFFFF
+
+
 class PostgreSQL:
     name = "postgresql"
     for_update = " FOR UPDATE"
@@ -352,7 +358,7 @@ class PostgreSQL:
     @staticmethod
     def lock_key(db: Database) -> tuple[int, int]:
         """Advisory lock key (classid, objid) for the runner's schema."""
-        return LOCK_CLASS, zlib.crc32((db.schema or "").encode()) & 0x7FFFFFFF
+        return schema_lock_key(db.schema)
 
     def try_lock(self, db: Database) -> bool:
         """The session advisory lock (a direct connection), else a lease (through a pooler: see
