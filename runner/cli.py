@@ -27,6 +27,7 @@ class Invocation:
     flags: dict[str, Any]
     databases: tuple[str, ...] = ()
     out: Any = field(default=None, repr=False)  # the real stdout; sys.stdout is stderr while a command runs
+    command: str | None = None
     _settings: Any = field(default=None, repr=False)
 
     @property
@@ -98,11 +99,15 @@ def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, 
     from runner import logs
 
     asks_help = bool(ctx.obj and ctx.obj.get("help"))
-    ctx.obj = Invocation(
+    invocation = Invocation(
         flags={"migrations": migrations, "config": config, "format": format_, "log_format": log_format},
         databases=databases,
         out=sys.stdout,
+        command=ctx.invoked_subcommand,
     )
+    if isinstance(ctx.obj, dict):
+        ctx.obj["invocation"] = invocation  # for main()'s error report
+    ctx.obj = invocation
     if ctx.invoked_subcommand is not None and not asks_help:
         logs.configure(log_format or _env_log_format())
         # Whatever a migration, yoyo or a driver prints must not corrupt `--format json`:
@@ -136,7 +141,7 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         from runner.cli_diagnose import lint_gate
 
         lint_gate(inv)
-    result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
+    result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat, view=_progress_view(inv))
     if dry_run:
         data = {"dry_run": True, "database": result.database, "pending_before": result.pending_before,
                 "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements,
@@ -161,6 +166,17 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
                  f"{where}, expires {shim.get('expires_at')}")
     inv.emit(data, text)
     return errors.OK
+
+
+def _progress_view(inv: Invocation) -> Any:
+    """On the console, `up` shows compact progress lines (runner.console); JSON logs keep events."""
+    from runner import logs
+
+    if logs.resolve(inv.flags.get("log_format") or _env_log_format()) != "console":
+        return None
+    from runner.console import ConsoleProgress
+
+    return ConsoleProgress()
 
 
 # ------------------------------------------------------------------------ status
@@ -277,43 +293,53 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
-def _database_error_code(err: BaseException) -> int | None:
-    """Exit code for a driver error raised outside a migration (those the executor translates):
-    5 when the connection is gone, 2 for the rest (e.g. no CREATE privilege for the runner's
-    tables); None when ``err`` is no database error at all (a bug: let it show)."""
-    from runner.dialects import error_kind
-
-    kind = error_kind(err)
-    return None if kind is None else errors.UNREACHABLE if kind == "connection" else errors.USAGE
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = reorder(sys.argv[1:] if argv is None else argv)
+    state: dict[str, Any] = {"help": "--help" in args or "-h" in args}
     try:
-        code = cli.main(args=args, prog_name="migrate", standalone_mode=False,
-                        obj={"help": "--help" in args or "-h" in args})
-    except click.exceptions.Abort:
-        click.echo("migrate: error: interrupted", err=True)
-        return 130
-    except click.ClickException as err:
-        click.echo(f"migrate: error: {err.format_message()}", err=True)
-        return errors.USAGE
-    except errors.MigrateError as err:
-        click.echo(f"migrate: error: {err}", err=True)
-        return err.exit_code
-    except KeyboardInterrupt:
-        click.echo("migrate: error: interrupted", err=True)
-        return 130
-    except Exception as err:  # noqa: BLE001 - driver errors outside a migration become one line
-        code = _database_error_code(err)
-        if code is None:
-            raise
-        from runner.db import one_line
+        code = cli.main(args=args, prog_name="migrate", standalone_mode=False, obj=state)
+    except BaseException as err:  # noqa: BLE001 - every failure becomes one line (and a document)
+        from runner import failure
 
-        what = "lost the connection to the database" if code == errors.UNREACHABLE else "database error"
-        click.echo(f"migrate: error: {what}: {one_line(err)}", err=True)
-        return code
+        found = failure.from_exception(err)
+        if found is None or isinstance(err, SystemExit):
+            raise
+        _report(found, state.get("invocation"), args)
+        return found.exit_code
     return code if isinstance(code, int) else errors.OK
+
+
+def _report(found: Any, inv: Invocation | None, args: Sequence[str]) -> None:
+    """The error as one line on stderr (a JSON event with --log-format json) and, with --format json,
+    as the command's document on stdout."""
+    import os
+
+    from runner import logs
+
+    flags = inv.flags if inv is not None else {}
+    log_format = flags.get("log_format") or _option(args, "--log-format") or _env_log_format()
+    if logs.resolve(log_format) == "json":
+        logs.configure("json")
+        logs.get_logger("migrate").error("error", **found.error())
+    else:
+        click.echo(found.line_text(), err=True)
+    settings = inv._settings if inv is not None else None
+    output = (settings.format if settings is not None else None) or flags.get("format") or \
+        _option(args, "--format") or os.environ.get("MIGRATE_FORMAT")
+    if output == "json":
+        command = inv.command if inv is not None else None
+        click.echo(json.dumps(found.document(command), indent=2, default=str),
+                   file=inv.out if inv is not None else sys.stdout)
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of global option ``name`` in reordered ``args`` (when the command line did not parse)."""
+    for i, token in enumerate(args):
+        if token == name and i + 1 < len(args):
+            return args[i + 1]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
