@@ -62,7 +62,9 @@ def _apply(log_format: str, level: int) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # WriteLogger: PrintLogger prints to whatever sys.stdout is when its file is the sys.stdout
+        # structlog saw at import (stderr, while a command runs: see runner.cli).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 
