@@ -18,7 +18,7 @@ from runner import adopt, history
 from runner.config import Settings
 from runner.db import Database, open_database, transaction
 from runner.engine import Engine
-from runner.errors import DriftError, UsageError
+from runner.errors import DatabaseUnreachable, DriftError, UsageError
 from runner.hooks import MigrationHook
 from runner.lock import runner_lock
 from runner.logs import get_logger
@@ -193,7 +193,8 @@ class _UpProgress:
 
     def failed(self, migration: MigrationFile, error: BaseException) -> None:
         where = {"file": getattr(error, "file", None) or migration.path, "line": getattr(error, "line", None)}
-        self.result.failed = {"id": migration.id, **where, "error": str(error)}
+        if not isinstance(error, DatabaseUnreachable):  # else it may have committed: it stays unconfirmed
+            self.result.failed = {"id": migration.id, **where, "error": str(error)}
         if self.view is not None:
             self.view.failed(migration, error)
             return

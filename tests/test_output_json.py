@@ -8,13 +8,16 @@ is pending); with ``--log-format json`` every stderr line is a JSON event, the l
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from conftest import run_migrate
+from conftest import ROOT, Result, run_migrate
 from helpers import hold_table, history, write_migrations
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
@@ -85,6 +88,32 @@ def test_up_lock_timeout_names_the_statement_and_keeps_what_was_applied(pg_url: 
     assert doc["applied"] == ["002_side"]
     assert doc["failed"]["id"] == "003_alter"
     assert doc["pending"] == ["004_after"]
+
+
+def test_up_losing_the_connection_leaves_the_migrations_in_doubt_unconfirmed(pg_url: str, tmp_path: Path) -> None:
+    """A migration whose connection is lost may have committed: it is neither applied nor failed."""
+    folder = write_migrations(tmp_path / "m", {"001_one.sql": "CREATE TABLE one (id int);",
+                                               "002_slow.sql": "SELECT pg_sleep(60);",
+                                               "003_three.sql": "CREATE TABLE three (id int);"})
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "up", "--format", "json", "--database", pg_url,
+                             "--migrations", str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        killed = False
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline and proc.poll() is None:
+            killed = admin.execute("SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query "
+                                   "LIKE '%%pg_sleep(60)%%' AND pid <> pg_backend_pid()").fetchone()[0] or False
+            time.sleep(0.1)
+    out, err = proc.communicate(timeout=60)
+    assert killed, err
+    doc = _document(Result(proc.returncode, out, err), 5, "unreachable")
+    assert doc["error"]["file"] == str(folder / "002_slow.sql")
+    assert doc["failed"] is None
+    assert doc["pending"] == ["003_three"]
+    assert sorted(doc["applied"] + doc["unconfirmed"]) == ["001_one", "002_slow"]
+    assert "002_slow" in doc["unconfirmed"]
+    assert history(pg_url) in (["001_one"], [])  # 002 was killed mid-statement
 
 
 def test_up_runner_lock_timeout(pg_url: str, tmp_path: Path) -> None:
