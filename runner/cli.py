@@ -168,11 +168,26 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
     return errors.OK
 
 
-def _progress_view(inv: Invocation) -> Any:
-    """On the console, `up` shows compact progress lines (runner.console); JSON logs keep events."""
+def _log_format(inv: Invocation) -> str:
+    """``console`` or ``json``: what stderr carries."""
     from runner import logs
 
-    if logs.resolve(inv.flags.get("log_format") or _env_log_format()) != "console":
+    return logs.resolve(inv.flags.get("log_format") or _env_log_format())
+
+
+def _problem(inv: Invocation, command: str, line: str) -> None:
+    """A problem a command found, on stderr: a line, or a JSON event with --log-format json."""
+    if (inv.flags.get("log_format") or _env_log_format()) == "json":
+        from runner import logs
+
+        logs.get_logger("migrate").error("problem", command=command, problem=line)
+    else:
+        click.echo(f"migrate: {command}: {line}", err=True)
+
+
+def _progress_view(inv: Invocation) -> Any:
+    """On the console, `up` shows compact progress lines (runner.console); JSON logs keep events."""
+    if _log_format(inv) != "console":
         return None
     from runner.console import ConsoleProgress
 
@@ -223,7 +238,7 @@ def verify(inv: Invocation, consumers: tuple[str, ...], consumer_models: tuple[s
     if not result.ok:
         inv.emit(data, "")
         for line in result.problems:
-            click.echo(f"migrate: verify: {line}", err=True)
+            _problem(inv, "verify", line)
         return errors.NOT_AT_HEAD
     inv.emit(data, f"ok: database is at head ({result.status.head or 'no migrations'})")
     return errors.OK
@@ -318,7 +333,7 @@ def _report(found: Any, inv: Invocation | None, args: Sequence[str]) -> None:
 
     flags = inv.flags if inv is not None else {}
     log_format = flags.get("log_format") or _option(args, "--log-format") or _env_log_format()
-    if logs.resolve(log_format) == "json":
+    if log_format == "json":  # asked for: with `auto` the error stays a line a person reads
         logs.configure("json")
         logs.get_logger("migrate").error("error", **found.error())
     else:

@@ -143,7 +143,7 @@ def test_up_drift_is_refused_with_a_document(pg_url: str, tmp_path: Path) -> Non
 
 def test_a_config_error_gives_a_document_and_a_json_event(tmp_path: Path) -> None:
     (tmp_path / "migrate.toml").write_text("lock_timeout = 'soon'\n")
-    result = run_migrate("status", "--format", "json", "--log-format", "json", cwd=tmp_path)
+    result = run_migrate("status", "--format", "json", cwd=tmp_path, env={"MIGRATE_LOG_FORMAT": "json"})
     doc = _document(result, 2, "config")
     assert doc["command"] == "status" and "soon" in doc["error"]["message"]
     events = _json_lines(result.stderr)
@@ -192,3 +192,25 @@ def test_a_migration_file_error_names_file_and_line(tmp_path: Path, sqlite_url: 
     assert result.returncode == 2, result.stderr
     doc = json.loads(result.stdout)
     assert doc["error"]["file"] and doc["error"]["file"].endswith("001_one.sql")
+
+
+def test_verify_problems_are_json_events_and_the_document_says_why(tmp_path: Path, sqlite_url: str) -> None:
+    write_migrations(tmp_path / "migrations", {"001_one.sql": "CREATE TABLE one (id int);"})
+    assert run_migrate("up", "--database", sqlite_url, "--to", "001_one", cwd=tmp_path).returncode == 0
+    write_migrations(tmp_path / "migrations", {"002_two.sql": "CREATE TABLE two (id int);"})
+    result = run_migrate("verify", "--format", "json", "--log-format", "json", "--database", sqlite_url,
+                         cwd=tmp_path)
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["pending"] == ["002_two"]
+    events = _json_lines(result.stderr)
+    assert [e["problem"] for e in events if e["event"] == "problem"] == ["002_two: pending: run `migrate up`"]
+
+
+def test_with_automatic_log_format_the_error_stays_a_line(tmp_path: Path) -> None:
+    """`auto` (JSON lines when stderr is no terminal) keeps the final error a line a person reads;
+    only an explicit --log-format json makes it an event."""
+    write_migrations(tmp_path / "migrations", {"001_one.sql": "CREATE TABLE one (id int);"})
+    result = run_migrate("status", "--database", UNREACHABLE, cwd=tmp_path)
+    assert result.returncode == 5
+    assert result.stderr.strip().splitlines()[-1].startswith("migrate: error: ")
