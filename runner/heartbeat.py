@@ -53,10 +53,10 @@ class Heartbeat:
     Use as a context manager: leaving it stops the thread and closes its connection.
     """
 
-    def __init__(self, db: Database, progress: Any, every: float = EVERY) -> None:
+    def __init__(self, db: Database, progress: Any, every: float | None = None) -> None:
         self.db = db
         self.progress = progress
-        self.every = every
+        self.every = EVERY if every is None else every
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._current: tuple[MigrationFile, float] | None = None  # the running migration and when it started
