@@ -75,7 +75,9 @@ class Heartbeat:
             self._current = None
         self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            # A beat in flight (connecting, reading) ends within this; else the daemon thread is
+            # left to die with the process rather than holding up the command's end.
+            self._thread.join(timeout=5)
 
     # -- Progress ---------------------------------------------------------------------------
     def applying(self, migration: MigrationFile, batch: int) -> None:
