@@ -44,3 +44,19 @@ def hold_table(url: str, table: str, ready: threading.Event, release: threading.
         ready.set()
         release.wait(60)
         conn.rollback()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr lines that are not JSON log events, and the final error as its line when it is an
+    `error` event (--log-format json: every line of stderr is an event, issue 13)."""
+    import json
+
+    lines = []
+    for line in stderr.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith("{"):
+            lines.append(line)
+        elif (event := json.loads(line)).get("event") == "error" and "exit_code" in event:
+            lines.append(f"migrate: error: {event['message']}")
+    return lines

@@ -113,8 +113,21 @@ class Result:
 
     @property
     def error_lines(self) -> list[str]:
-        """stderr lines that are not JSON log events."""
-        return [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("{")]
+        """stderr lines that are not JSON log events, and the final error as its line when it is
+        an `error` event (--log-format json, issue 13) or a `problem` event (verify)."""
+        lines = []
+        for line in self.stderr.splitlines():
+            if not line.strip():
+                continue
+            if not line.startswith("{"):
+                lines.append(line)
+                continue
+            event = json.loads(line)
+            if event.get("event") == "error" and "exit_code" in event:
+                lines.append(f"migrate: error: {event['message']}")
+            elif event.get("event") == "problem":
+                lines.append(f"migrate: {event['command']}: {event['problem']}")
+        return lines
 
     def json(self) -> Any:
         return json.loads(self.stdout)
