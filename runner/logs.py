@@ -46,11 +46,11 @@ def resolve(log_format: str) -> str:
 def _apply(log_format: str, level: int) -> None:
     import structlog
 
-    from runner.console import use_color
-
     log_format = resolve(log_format)
     renderer: Any
     if log_format == "console":
+        from runner.console import use_color
+
         renderer = structlog.dev.ConsoleRenderer(colors=use_color(sys.stderr), sort_keys=False)
     else:
         renderer = structlog.processors.JSONRenderer()
