@@ -45,7 +45,8 @@ def from_exception(err: BaseException) -> Failure | None:
     """The failure ``err`` stands for; None when it is a bug (let the traceback show)."""
     import click
 
-    partial = getattr(err, "partial", None) or {}
+    # click turns Ctrl-C into Abort, raised from the KeyboardInterrupt that carries `up`'s partial result
+    partial = getattr(err, "partial", None) or getattr(err.__cause__, "partial", None) or {}
     if isinstance(err, (KeyboardInterrupt, click.exceptions.Abort)):
         return Failure("interrupted", "interrupted", 130, partial=partial)
     if isinstance(err, click.ClickException):

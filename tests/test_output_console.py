@@ -36,7 +36,8 @@ class Terminal:
     def run(self, command: str, env: dict[str, str]) -> None:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         script = f"cd {shlex.quote(str(ROOT))} && env -u NO_COLOR {exports} {command}; echo migrate-exit=$?; sleep 600"
-        self.tmux("new-session", "-d", "-x", "200", "-y", "50", "sh", "-c", script)
+        # bash: it goes on after a child that handled Ctrl-C (dash would end with it)
+        self.tmux("new-session", "-d", "-x", "200", "-y", "50", "bash", "-c", script)
 
     def screen(self, escapes: bool = False) -> str:
         return self.tmux("capture-pane", "-p", "-J", *(["-e"] if escapes else []), "-S", "-200")
@@ -157,3 +158,27 @@ def test_json_logs_carry_the_heartbeat(pg_url: str, tmp_path: Path) -> None:
     beat = events[-1]
     assert beat["migration"] == "002_alter" and beat["wait_event_type"] == "Lock"
     assert beat["wait_event"] == "relation" and beat["blocked_by"] and "long-report" in beat["blocker"]
+
+
+def test_ctrl_c_in_a_terminal_still_prints_the_document(pg_url: str, tmp_path: Path, terminal: Terminal) -> None:
+    """Ctrl-C during a long statement (after its heartbeat named the wait): exit 130, and the
+    JSON document says what was not started and what may or may not have committed."""
+    import json
+
+    folder = write_migrations(tmp_path / "m", {"001_one.sql": "CREATE TABLE one (id int);",
+                                               "002_sleep.sql": "SELECT pg_sleep(60);",
+                                               "003_three.sql": "CREATE TABLE three (id int);"})
+    terminal.run(_migrate_command(pg_url, folder, "--format", "json"), {"TERM": "xterm-256color"})
+    screen = terminal.wait_for("Timeout:PgSleep")
+    assert _line(screen, "[2/3]", "002_sleep", "running", "waiting on Timeout:PgSleep")
+    terminal.tmux("send-keys", "C-c")
+    screen = terminal.wait_for("migrate-exit=")
+    assert "migrate-exit=130" in screen, screen
+    lines = screen.splitlines()
+    start = lines.index("{")
+    doc = json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+    assert doc["ok"] is False and doc["error"]["kind"] == "interrupted" and doc["error"]["exit_code"] == 130
+    assert doc["pending"] == ["003_three"] and doc["failed"] is None
+    assert "002_sleep" in doc["unconfirmed"]
+    assert sorted(doc["applied"] + doc["unconfirmed"]) == ["001_one", "002_sleep"]
+    assert "002_sleep" not in history(pg_url)
