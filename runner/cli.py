@@ -28,6 +28,7 @@ class Invocation:
     databases: tuple[str, ...] = ()
     out: Any = field(default=None, repr=False)  # the real stdout; sys.stdout is stderr while a command runs
     command: str | None = None
+    emitted: bool = False  # a document was printed (a failure after it adds none)
     _settings: Any = field(default=None, repr=False)
 
     @property
@@ -54,6 +55,7 @@ class Invocation:
         """Print ``data`` as one JSON document (--format json) or ``text``."""
         if self.json:
             click.echo(json.dumps(data, indent=2, default=str), file=self.out)
+            self.emitted = True
         elif text:
             click.echo(text, file=self.out)
 
@@ -341,7 +343,7 @@ def _report(found: Any, inv: Invocation | None, args: Sequence[str]) -> None:
     settings = inv._settings if inv is not None else None
     output = (settings.format if settings is not None else None) or flags.get("format") or \
         _option(args, "--format") or os.environ.get("MIGRATE_FORMAT")
-    if output == "json":
+    if output == "json" and not (inv is not None and inv.emitted):  # one document, the command's own
         command = inv.command if inv is not None else None
         click.echo(json.dumps(found.document(command), indent=2, default=str),
                    file=inv.out if inv is not None else sys.stdout)
