@@ -30,6 +30,8 @@ class Invocation:
     # --format sarif|github: for `lint` and `check-files` only (runner.lint_formats), never a setting.
     ci_format: str | None = None
     out: Any = field(default=None, repr=False)  # the real stdout; sys.stdout is stderr while a command runs
+    command: str | None = None
+    emitted: bool = False  # a document was printed (a failure after it adds none)
     _settings: Any = field(default=None, repr=False)
 
     @property
@@ -56,6 +58,7 @@ class Invocation:
         """Print ``data`` as one JSON document (--format json) or ``text``."""
         if self.json:
             click.echo(redact_text(json.dumps(redact_data(data), indent=2, default=str)), file=self.out)
+            self.emitted = True
         elif text:
             click.echo(redact_text(text), file=self.out)
 
@@ -107,12 +110,16 @@ def cli(ctx: click.Context, databases: tuple[str, ...], migrations: str | None, 
         if ctx.invoked_subcommand not in (None, "lint", "check-files"):
             raise click.UsageError(f"--format {format_} is for `migrate lint` and `migrate check-files` only")
         ci_format, format_ = format_, None
-    ctx.obj = Invocation(
+    invocation = Invocation(
         flags={"migrations": migrations, "config": config, "format": format_, "log_format": log_format},
         databases=databases,
         ci_format=ci_format,
         out=sys.stdout,
+        command=ctx.invoked_subcommand,
     )
+    if isinstance(ctx.obj, dict):
+        ctx.obj["invocation"] = invocation  # for main()'s error report
+    ctx.obj = invocation
     if ctx.invoked_subcommand is None and not asks_help:
         # `migrate` alone: the help on stdout, and exit 2 (not 0, and the same with every click
         # version): `migrate $COMMAND` with an unset variable must not pass a CI step.
@@ -151,7 +158,7 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
         from runner.cli_diagnose import lint_gate
 
         lint_gate(inv)
-    result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat)
+    result = commands.up(inv.settings, to=to, dry_run=dry_run, compat=not no_compat, view=_progress_view(inv))
     if dry_run:
         data = {"dry_run": True, "database": result.database, "pending_before": result.pending_before,
                 "plan": [{"id": p.id, "path": p.path, "transactional": p.transactional, "statements": p.statements,
@@ -181,6 +188,32 @@ def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None,
                  f"{where}, expires {shim.get('expires_at')}")
     inv.emit(data, text)
     return errors.OK
+
+
+def _log_format(inv: Invocation) -> str:
+    """``console`` or ``json``: what stderr carries."""
+    from runner import logs
+
+    return logs.resolve(inv.flags.get("log_format") or _env_log_format())
+
+
+def _problem(inv: Invocation, command: str, line: str) -> None:
+    """A problem a command found, on stderr: a line, or a JSON event with --log-format json."""
+    if (inv.flags.get("log_format") or _env_log_format()) == "json":
+        from runner import logs
+
+        logs.get_logger("migrate").error("problem", command=command, problem=line)
+    else:
+        click.echo(f"migrate: {command}: {line}", err=True)
+
+
+def _progress_view(inv: Invocation) -> Any:
+    """On the console, `up` shows compact progress lines (runner.console); JSON logs keep events."""
+    if _log_format(inv) != "console":
+        return None
+    from runner.console import ConsoleProgress
+
+    return ConsoleProgress()
 
 
 # ------------------------------------------------------------------------ status
@@ -230,7 +263,7 @@ def verify(inv: Invocation, consumers: tuple[str, ...], consumer_models: tuple[s
     if not result.ok:
         inv.emit(data, "")
         for line in result.problems:
-            click.echo(redact_text(f"migrate: verify: {line}"), err=True)
+            _problem(inv, "verify", line)
         return errors.NOT_AT_HEAD
     inv.emit(data, f"ok: database is at head ({result.status.head or 'no migrations'})")
     return errors.OK
@@ -305,43 +338,53 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
-def _database_error_code(err: BaseException) -> int | None:
-    """Exit code for a driver error raised outside a migration (those the executor translates):
-    5 when the connection is gone, 2 for the rest (e.g. no CREATE privilege for the runner's
-    tables); None when ``err`` is no database error at all (a bug: let it show)."""
-    from runner.dialects import error_kind
-
-    kind = error_kind(err)
-    return None if kind is None else errors.UNREACHABLE if kind == "connection" else errors.USAGE
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = reorder(sys.argv[1:] if argv is None else argv)
+    state: dict[str, Any] = {"help": "--help" in args or "-h" in args}
     try:
-        code = cli.main(args=args, prog_name="migrate", standalone_mode=False,
-                        obj={"help": "--help" in args or "-h" in args})
-    except click.exceptions.Abort:
-        click.echo("migrate: error: interrupted", err=True)
-        return 130
-    except click.ClickException as err:
-        click.echo(redact_text(f"migrate: error: {err.format_message()}"), err=True)
-        return errors.USAGE
-    except errors.MigrateError as err:
-        click.echo(redact_text(f"migrate: error: {err}"), err=True)
-        return err.exit_code
-    except KeyboardInterrupt:
-        click.echo("migrate: error: interrupted", err=True)
-        return 130
-    except Exception as err:  # noqa: BLE001 - driver errors outside a migration become one line
-        code = _database_error_code(err)
-        if code is None:
-            raise
-        from runner.db import one_line
+        code = cli.main(args=args, prog_name="migrate", standalone_mode=False, obj=state)
+    except BaseException as err:  # noqa: BLE001 - every failure becomes one line (and a document)
+        from runner import failure
 
-        what = "lost the connection to the database" if code == errors.UNREACHABLE else "database error"
-        click.echo(f"migrate: error: {what}: {one_line(err)}", err=True)
-        return code
+        found = failure.from_exception(err)
+        if found is None or isinstance(err, SystemExit):
+            raise
+        _report(found, state.get("invocation"), args)
+        return found.exit_code
     return code if isinstance(code, int) else errors.OK
+
+
+def _report(found: Any, inv: Invocation | None, args: Sequence[str]) -> None:
+    """The error as one line on stderr (a JSON event with --log-format json) and, with --format json,
+    as the command's document on stdout."""
+    import os
+
+    from runner import logs
+
+    flags = inv.flags if inv is not None else {}
+    log_format = flags.get("log_format") or _option(args, "--log-format") or _env_log_format()
+    if log_format == "json":  # asked for: with `auto` the error stays a line a person reads
+        logs.configure("json")
+        logs.get_logger("migrate").error("error", **found.error())
+    else:
+        click.echo(found.line_text(), err=True)
+    settings = inv._settings if inv is not None else None
+    output = (settings.format if settings is not None else None) or flags.get("format") or \
+        _option(args, "--format") or os.environ.get("MIGRATE_FORMAT")
+    if output == "json" and not (inv is not None and inv.emitted):  # one document, the command's own
+        command = inv.command if inv is not None else None
+        click.echo(json.dumps(found.document(command), indent=2, default=str),
+                   file=inv.out if inv is not None else sys.stdout)
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of global option ``name`` in reordered ``args`` (when the command line did not parse)."""
+    for i, token in enumerate(args):
+        if token == name and i + 1 < len(args):
+            return args[i + 1]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ from runner import adopt, history, preflight, statement_kinds
 from runner.config import Settings
 from runner.db import Database, open_database, transaction
 from runner.engine import Engine
-from runner.errors import DriftError, UsageError
+from runner.errors import DatabaseUnreachable, DriftError, UsageError
 from runner.hooks import MigrationHook
 from runner.ids import resolve_id, resolve_ids
 from runner.lock import runner_lock
@@ -52,6 +52,7 @@ class UpResult:
     shims: list[dict[str, Any]] = field(default_factory=list)
     post_apply: list[str] = field(default_factory=list)  # post-apply hooks run (dry run: to run)
     warnings: list[str] = field(default_factory=list)  # e.g. the migrations folder has no migrations
+    failed: dict[str, Any] | None = None  # the migration (or post-apply hook) that failed: id, file, line, error
 
 
 @dataclass
@@ -163,32 +164,73 @@ def _select_up_to(files: list[MigrationFile], pending: list[str], to: str | None
 
 @dataclass
 class _UpProgress:
-    """Logs each step of `up` and collects what was applied (runner.engine.Progress)."""
+    """Collects what `up` applied and reports each step (runner.engine.Progress): as log events,
+    or through ``view`` (e.g. runner.console.ConsoleProgress) instead."""
 
     result: UpResult
     total: int
     started: float
     position: dict[str, int]
+    view: Any = None  # a Progress with running(); None: log events
+    begun: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.view is not None and hasattr(self.view, "begin"):
+            self.view.begin(self.position)
 
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.started, 2)
 
     def applying(self, migration: MigrationFile, batch: int) -> None:
+        if migration.id not in self.begun:
+            self.begun.append(migration.id)
+        if self.view is not None:
+            self.view.applying(migration, batch)
+            return
         extra = {"batch": batch} if batch > 1 else {}
         log.info("applying", migration=migration.id, n=self.position[migration.id], total=self.total, **extra)
 
     def applied(self, migration: MigrationFile, seconds: float) -> None:
         self.result.applied.append(migration.id)
+        if self.view is not None:
+            self.view.applied(migration, seconds)
+            return
         log.info("applied", migration=migration.id, n=self.position[migration.id], total=self.total,
                  duration_ms=round(seconds * 1000, 1), outcome="applied", elapsed_s=self._elapsed())
 
-    def failed(self, migration: MigrationFile) -> None:
+    def failed(self, migration: MigrationFile, error: BaseException) -> None:
+        where = {"file": getattr(error, "file", None) or migration.path, "line": getattr(error, "line", None)}
+        if not isinstance(error, DatabaseUnreachable):  # else it may have committed: it stays unconfirmed
+            self.result.failed = {"id": migration.id, **where, "error": str(error)}
+        if self.view is not None:
+            self.view.failed(migration, error)
+            return
         log.error("failed", migration=migration.id, n=self.position[migration.id], total=self.total,
-                  outcome="failed", elapsed_s=self._elapsed())
+                  outcome="failed", elapsed_s=self._elapsed(), error=str(error), **where)
 
     def batch_failed(self, batch: Sequence[MigrationFile], error: str) -> None:
+        if self.view is not None:
+            self.view.batch_failed(batch, error)
+            return
         log.info("batch rolled back, applying its migrations one by one", first=batch[0].id, last=batch[-1].id,
                  error=error)
+
+    def running(self, migration: MigrationFile, activity: Any) -> None:
+        """A heartbeat (runner.heartbeat): ``migration`` is still running; ``activity`` says on what."""
+        if self.view is not None:
+            self.view.running(migration, activity)
+            return
+        log.info("running", migration=migration.id, n=self.position[migration.id], total=self.total,
+                 **activity.as_dict())
+
+
+def _partial(result: UpResult, todo: Sequence[str], begun: Sequence[str]) -> dict[str, Any]:
+    """What a failed `up` did: applied (durable), failed, pending (not started), unconfirmed
+    (sent, maybe committed: the connection was lost before the commit was confirmed)."""
+    done = set(result.applied) | ({result.failed["id"]} if result.failed else set())
+    return {"database": result.database, "applied": list(result.applied), "failed": result.failed,
+            "pending": [i for i in todo if i not in done and i not in begun],
+            "unconfirmed": [i for i in begun if i not in done]}
 
 
 def up(
@@ -198,12 +240,31 @@ def up(
     dry_run: bool = False,
     hooks: Sequence[MigrationHook] | None = None,
     compat: bool = True,
+    view: Any = None,
 ) -> UpResult:
-    """Apply pending migrations in order, each exactly once, under the runner's lock."""
+    """Apply pending migrations in order, each exactly once, under the runner's lock.
+
+    ``view``: reports progress instead of the log events (a runner.engine.Progress with
+    ``running(migration, activity)``, e.g. runner.console.ConsoleProgress). On failure the error
+    carries what was done (``err.partial``: applied, failed, pending, unconfirmed)."""
+    result = UpResult(dry_run=dry_run)
+    todo_ids: list[str] = []
+    begun: list[str] = []
+    try:
+        return _up(settings, result, todo_ids, begun, to=to, dry_run=dry_run, hooks=hooks, compat=compat, view=view)
+    except BaseException as err:
+        try:
+            err.partial = _partial(result, todo_ids, begun)  # type: ignore[attr-defined]
+        except AttributeError:  # an exception class that takes no attributes
+            pass
+        raise
+
+
+def _up(settings: Settings, result: UpResult, todo_ids: list[str], begun: list[str], *, to: str | None,
+        dry_run: bool, hooks: Sequence[MigrationHook] | None, compat: bool, view: Any) -> UpResult:
     started = time.perf_counter()
     files, post_apply = load_folder(settings.migrations, settings.sources.get("migrations"))
     statement_kinds.refuse_transaction_control(post_apply)
-    result = UpResult(dry_run=dry_run)
     with open_database(settings) as db:
         result.database = db.url
         log.info("migrating", database=db.url, migrations=str(settings.migrations), dry_run=dry_run)
@@ -223,18 +284,23 @@ def up(
             preflight.check_pending(settings, files, todo)  # nothing has run yet
             result.pending_before = list(state.pending)
             result.warnings = folder_warnings(settings, files, state)
+            todo_ids.extend(m.id for m in todo)
             if todo:  # a no-op `up` needs neither the tables, the engine nor the hooks
+                from runner.heartbeat import Heartbeat
+
                 history.ensure_tables(db)
                 engine = Engine(db, settings, list(hooks) if hooks is not None
                                 else default_hooks(settings, compat, todo[-1].id))
                 previous_of = {m.id: files[i - 1] if i else None for i, m in enumerate(files)}
-                progress = _UpProgress(result, len(todo), started, {m.id: n for n, m in enumerate(todo, 1)})
-                engine.apply(todo, previous_of, progress, nothing_applied=not state.applied)
+                progress = _UpProgress(result, len(todo), started, {m.id: n for n, m in enumerate(todo, 1)}, view,
+                                       begun)
+                with Heartbeat(db, progress) as watched:
+                    engine.apply(todo, previous_of, watched, nothing_applied=not state.applied)
             hooks_due = _post_apply_due(db, post_apply, todo)
             if hooks_due:
                 applied = {a.id for a in state.applied} | set(result.applied)
                 last = next((m.id for m in reversed(files) if m.id in applied), "")  # "": nothing stays applied
-                result.post_apply = _run_post_apply(db, settings, hooks_due, last)
+                result.post_apply = _run_post_apply(db, settings, hooks_due, last, result)
         result.shims = _active_shims(db)
     result.duration_s = time.perf_counter() - started
     return result
@@ -262,7 +328,8 @@ def _post_apply_due(db: Database, hooks: list[MigrationFile], todo: list[Migrati
     return []
 
 
-def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile], last_applied: str) -> list[str]:
+def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile], last_applied: str,
+                    result: UpResult) -> list[str]:
     """Each hook in its own transaction, with the lock timeout and retries of a migration and
     without the compat checks; the last one stores the schema snapshot (under ``last_applied``),
     so what the hooks build is part of what ``doctor`` expects."""
@@ -272,8 +339,10 @@ def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile]
         log.info("running post-apply hook", hook=hook.id)
         try:
             seconds = engine.post_apply(hook)
-        except Exception:
-            log.error("post-apply hook failed", hook=hook.id, outcome="failed")
+        except Exception as err:
+            where = {"file": getattr(err, "file", None) or hook.path, "line": getattr(err, "line", None)}
+            log.error("post-apply hook failed", hook=hook.id, outcome="failed", error=str(err), **where)
+            result.failed = {"id": hook.id, **where, "error": str(err), "post_apply": True}
             raise
         log.info("post-apply hook ran", hook=hook.id, duration_ms=round(seconds * 1000, 1), outcome="ran")
         done.append(hook.id)

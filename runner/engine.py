@@ -56,7 +56,7 @@ class Progress(Protocol):
 
     def applying(self, migration: MigrationFile, batch: int) -> None: ...
     def applied(self, migration: MigrationFile, seconds: float) -> None: ...
-    def failed(self, migration: MigrationFile) -> None: ...
+    def failed(self, migration: MigrationFile, error: BaseException) -> None: ...
     def batch_failed(self, batch: Sequence[MigrationFile], error: str) -> None: ...
 
 
@@ -123,11 +123,15 @@ class Engine:
                 progress.applying(migration, 1)
                 try:
                     confirmed = self.apply_one(migration, previous_of[migration.id])
-                except Exception:
+                except Exception as err:
                     for done, seconds in self._make_durable_after_failure():
                         progress.applied(done, seconds)
-                    progress.failed(migration)
+                    progress.failed(migration, err)
                     raise
+                if not confirmed and self._flush_due():
+                    # A slow migration: confirm it now rather than with the next one's COMMIT, so
+                    # it is reported applied when it is (one round trip, against its own duration).
+                    confirmed = self.make_durable()
                 for done, seconds in confirmed:
                     progress.applied(done, seconds)
             i += len(batch)
@@ -208,8 +212,15 @@ class Engine:
                 raise self._translate(err, migration, direction, tracker) from None
 
         retries = self.settings.lock_retries if migration.transactional else 0
-        return lockwaits.retrying(self.db, attempt, retries=retries, lock_timeout=self.settings.lock_timeout,
-                                  what=f"migration {migration.id}", where=lambda: self._where(migration, self._tracker))
+        try:
+            return lockwaits.retrying(self.db, attempt, retries=retries, lock_timeout=self.settings.lock_timeout,
+                                      what=f"migration {migration.id}",
+                                      where=lambda: self._where(migration, self._tracker))
+        except MigrateError as err:
+            if err.file is None:
+                current = self._tracker.current
+                err.at(migration.path, current.line if current is not None else None)
+            raise
 
     def _translate(self, err: Exception, migration: MigrationFile, direction: str, tracker: _Tracker) -> Exception:
         dialect = self.db.dialect
@@ -220,7 +231,7 @@ class Engine:
             unconfirmed = [m.id for m, _ in self._unconfirmed]
             which = (f"its transaction and those of the migrations before it not yet confirmed on disk "
                      f"({unconfirmed[0]} to {unconfirmed[-1]}) each" if unconfirmed else "its transaction either")
-            return DatabaseUnreachable(
+            return DatabaseUnreachable(  # where: set by _run
                 f"lost the connection to the database while {doing} {migration.id}: {one_line(err)}; "
                 f"{which} committed whole (with its bookkeeping) or not at all: run {again} again"
                 if migration.transactional else
@@ -230,7 +241,8 @@ class Engine:
             return err
         if dialect.is_lock_timeout(err):
             return lockwaits.Retry(tracker.current.sql if tracker.current else "")
-        return MigrationFailed(self._failure(migration, tracker, err, direction))
+        message, file, line = self._failure(migration, tracker, err, direction)
+        return MigrationFailed(message).at(file, line)
 
     def _transactional(self, migration: MigrationFile, ctx: MigrationContext, tracker: _Tracker, started: float) -> bool:
         """BEGIN (+ SET LOCALs); hooks' before(); the statements (with the user's search_path);
@@ -424,8 +436,11 @@ class Engine:
             return f"{migration.path}:{tracker.current.line}"
         return migration.path
 
-    def _failure(self, migration: MigrationFile, tracker: _Tracker, err: BaseException, direction: str) -> str:
+    def _failure(self, migration: MigrationFile, tracker: _Tracker, err: BaseException,
+                 direction: str) -> tuple[str, str, int | None]:
+        """The message of a failed migration, its file and line."""
         where = self._where(migration, tracker)
+        line = tracker.current.line if tracker.current is not None else None
         statement = ""
         if migration.format == "python":
             line, statement = yoyo_adapter.python_failure(migration, direction, err)
@@ -439,5 +454,6 @@ class Engine:
             what = "post-apply hook"
             done += ("; the migrations applied before it stay applied; once the hook is fixed, the next "
                      "`migrate up` runs the post-apply hooks again")
-        return f"{where}: {what} {migration.id} failed{statement}: {mask_sql(self.db.dialect.server_message(err))}; {done}"
+        message = f"{where}: {what} {migration.id} failed{statement}: {mask_sql(self.db.dialect.server_message(err))}; {done}"
+        return message, migration.path, line or None
 

@@ -1,5 +1,9 @@
 """structlog set-up: human-readable on a terminal, JSON lines otherwise; always stderr.
 
+Console lines keep the order in which an event names its keys (not sorted), and carry colours
+only on a terminal without ``NO_COLOR`` (runner.console.use_color). `migrate up` on the console
+shows its progress through runner.console instead of one event per step.
+
 Modules take their logger from :func:`get_logger`: structlog is imported (and the CLI's
 configuration applied) when the first event is logged, so a command that logs nothing, such as
 a no-op `migrate up` or `migrate status`, does not pay for importing it.
@@ -32,14 +36,22 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     logging.getLogger("yoyo").setLevel(logging.WARNING)
 
 
+def resolve(log_format: str) -> str:
+    """``console`` or ``json``: ``auto`` is console on a terminal (stderr), else JSON lines."""
+    if log_format == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return log_format
+
+
 def _apply(log_format: str, level: int) -> None:
     import structlog
 
-    if log_format == "auto":
-        log_format = "console" if sys.stderr.isatty() else "json"
+    log_format = resolve(log_format)
     renderer: Any
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        from runner.console import use_color
+
+        renderer = structlog.dev.ConsoleRenderer(colors=use_color(sys.stderr), sort_keys=False)
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
@@ -50,7 +62,9 @@ def _apply(log_format: str, level: int) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # WriteLogger: PrintLogger prints to whatever sys.stdout is when its file is the sys.stdout
+        # structlog saw at import (stderr, while a command runs: see runner.cli).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 

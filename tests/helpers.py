@@ -43,8 +43,8 @@ class Result:
 
     @property
     def error_lines(self) -> list[str]:
-        """stderr lines that are not JSON log events."""
-        return [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("{")]
+        """stderr lines that are not JSON log events, and the final error event as its line."""
+        return error_lines(self.stderr)
 
     def json(self) -> Any:
         return json.loads(self.stdout)
@@ -196,3 +196,21 @@ def make_gate(url: str, *readers: str) -> None:
 def open_gate(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO public.test_gate VALUES (1)")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr lines that are not JSON log events, and the final error (an `error` event) or a
+    `problem` event (verify) as the line it stands for (--log-format json: every line is an event)."""
+    lines = []
+    for line in stderr.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith("{"):
+            lines.append(line)
+            continue
+        event = json.loads(line)
+        if event.get("event") == "error" and "exit_code" in event:
+            lines.append(f"migrate: error: {event['message']}")
+        elif event.get("event") == "problem":
+            lines.append(f"migrate: {event['command']}: {event['problem']}")
+    return lines

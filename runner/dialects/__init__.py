@@ -76,6 +76,30 @@ class Blocker:
                 f"holds {self.mode} on {self.table})")
 
 
+@dataclass(frozen=True)
+class Activity:
+    """What a session is doing (a heartbeat of a long migration, runner.heartbeat)."""
+
+    state: str | None  # active, idle in transaction, ...
+    running_s: float | None  # how long its current statement has been running
+    wait_event_type: str | None  # Lock, IO, Timeout, ... (None: on CPU)
+    wait_event: str | None  # relation, transactionid, PgSleep, ...
+    blocked_by: tuple[int, ...] = ()  # pg_blocking_pids()
+    blocker: str | None = None  # the first blocking session, described
+
+    def waiting_on(self) -> str:
+        """``Lock:relation, blocked by pid 123 (...)``, ``Timeout:PgSleep``, or ``running (no wait)``."""
+        what = f"{self.wait_event_type}:{self.wait_event}" if self.wait_event_type else "running (no wait)"
+        if self.blocked_by:
+            pids = ", ".join(str(p) for p in self.blocked_by)
+            what += f", blocked by pid {pids}" + (f" ({self.blocker})" if self.blocker else "")
+        return what
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "running_s": self.running_s, "wait_event_type": self.wait_event_type,
+                "wait_event": self.wait_event, "blocked_by": list(self.blocked_by), "blocker": self.blocker}
+
+
 class ScriptFailed(Exception):
     """A statement of a one-query script (``Dialect.run_script``) failed: ``index`` is its position
     in the list (None when it cannot be told), ``error`` the driver's exception."""
@@ -132,6 +156,9 @@ class Dialect(Protocol):
     def unlock(self, db: Database) -> None: ...
     def lock_holder(self, db: Database) -> LockHolder | None: ...
     def blockers(self, db: Database) -> list[Blocker]: ...
+    # The heartbeat (runner.heartbeat): the session's id, and on another connection what it does.
+    def session_id(self, db: Database) -> int | None: ...
+    def activity(self, db: Database, session: int) -> Activity | None: ...
 
     # catalog
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool: ...

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from runner.db import Database, quote_identifier
-from runner.dialects import Blocker, LockHolder, ScriptFailed
+from runner.dialects import Activity, Blocker, LockHolder, ScriptFailed
 from runner.errors import DatabaseUnreachable, UntrustedObject
 from runner.logs import get_logger
 from runner.urls import DatabaseURL
@@ -419,6 +419,27 @@ class PostgreSQL:
         return [Blocker(r[0], r[1], r[2], r[3].isoformat() if r[3] else None, r[4].isoformat() if r[4] else None,
                         r[5], r[6]) for r in rows]
 
+    # -- the heartbeat -----------------------------------------------------------------
+    def session_id(self, db: Database) -> int | None:
+        """The runner's backend pid (known to the driver: no query while a migration runs)."""
+        return int(db.connection.info.backend_pid)
+
+    def activity(self, db: Database, session: int) -> Activity | None:
+        """What backend ``session`` waits on, read on ``db`` (another connection, with the
+        runner's search_path): None when no such backend is visible (e.g. through a pooler,
+        where the driver's pid is the pooler's)."""
+        row = db.execute(
+            "SELECT a.state, pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - a.query_start)"
+            "::pg_catalog.float8, a.wait_event_type, a.wait_event, pg_catalog.pg_blocking_pids(a.pid), "
+            "(SELECT pg_catalog.format('pid %%s, application_name=%%L, state %%s, query %%L', b.pid, "
+            "b.application_name, b.state, pg_catalog.left(b.query, 80)) "
+            " FROM pg_catalog.pg_stat_activity b WHERE b.pid = (pg_catalog.pg_blocking_pids(a.pid))[1]) "
+            "FROM pg_catalog.pg_stat_activity a WHERE a.pid = %s::pg_catalog.int4", (session,)).fetchone()
+        if row is None:
+            return None
+        return Activity(row[0], round(row[1], 1) if row[1] is not None else None, row[2], row[3],
+                        tuple(int(p) for p in row[4] or ()), row[5])
+
     # -- catalog -----------------------------------------------------------------------
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool:
         """No table, view or sequence in any schema but the runner's own tables, no event trigger,
@@ -436,9 +457,12 @@ class PostgreSQL:
         assumed, its clients are not visible as backends of their own)."""
         if self.pooler(db).pooled:
             return True
+        # The runner's own heartbeat connection (runner.heartbeat) is no other client.
+        companions = sorted(db.facts.get("companion_sessions", ()))
         return bool(db.scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = pg_catalog.current_database() "
-            "AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend')"))
+            "AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend' "
+            "AND pid <> ALL(%s::pg_catalog.int4[]))", (companions,)))
 
     def has_event_triggers(self, db: Database) -> bool:
         """Whether an event trigger exists (it runs its function on DDL: no batches then)."""

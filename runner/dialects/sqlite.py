@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from runner.db import Database
-from runner.dialects import Blocker, LockHolder
+from runner.dialects import Activity, Blocker, LockHolder
 from runner.errors import DatabaseUnreachable
 from runner.urls import DatabaseURL
 
@@ -173,6 +173,12 @@ class SQLite:
 
     def blockers(self, db: Database) -> list[Blocker]:
         return []
+
+    def session_id(self, db: Database) -> int | None:
+        return None  # no server session to look at: a heartbeat says only how long it has run
+
+    def activity(self, db: Database, session: int) -> Activity | None:
+        return None
 
     # -- catalog -----------------------------------------------------------------------
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import columns, migrate_json_logs as migrate, sql, write_migrations
+from helpers import error_lines, columns, migrate_json_logs as migrate, sql, write_migrations
 
 from runner.adopt import AdoptRefused, ForeignHistory, plan_adoption  # noqa: E402
 from runner.sources import load_migrations  # noqa: E402
@@ -210,7 +210,7 @@ def test_yoyo_database_up_refuses_to_rerun_then_adopt_yoyo_and_up_applies_only_0
     for command in (("up",), ("up", "--dry-run")):
         refused = migrate(*command, *args(pg_url, example_migrations))
         assert refused.returncode == 1, refused
-        assert refused.stderr.strip().endswith("then run `migrate up`") and "Traceback" not in refused.stderr
+        assert error_lines(refused.stderr)[-1].endswith("then run `migrate up`") and "Traceback" not in refused.stderr
         assert ("001_create_remediation_workflow_catalog (and 1 more): applied by yoyo's own CLI"
                 in refused.stderr), refused.stderr
     assert sql(pg_url, "SELECT to_regclass('public._migrate_history') IS NULL")[0][0]  # nothing written

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from helpers import columns, CONTRACTS, migrate_json_logs as migrate, sql
+from helpers import error_lines, columns, CONTRACTS, migrate_json_logs as migrate, sql
 
 from runner.contracts import load_contract  # noqa: E402
 from runner.errors import ConfigError  # noqa: E402
@@ -142,7 +142,7 @@ def test_cli_contract_with_a_typo_exits_2_before_touching_the_database(tmp_path,
     # An unreachable database: the file error must come first (exit 2, not 5).
     result = verify("postgresql://postgres@127.0.0.1:1/nowhere", example_migrations, str(path))
     assert result.returncode == 2, result
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert error_lines(result.stderr)[-1] == (
         f"migrate: error: {path}: tables.remediation_workflow_catalog.colums: unknown key (did you mean 'columns'?)")
 
 
@@ -152,7 +152,7 @@ def test_cli_contract_with_an_unknown_table_exits_2(pg_url, tmp_path, example_mi
     path.write_text(json.dumps({"tables": {"remediation_workflow_catalg": {"columns": ["workflow_id"]}}}))
     result = verify(pg_url, example_migrations, str(path))
     assert result.returncode == 2, result
-    line = result.stderr.strip().splitlines()[-1]
+    line = error_lines(result.stderr)[-1]
     assert line.startswith(f"migrate: error: {path}: tables.remediation_workflow_catalg: unknown table")
     assert "did you mean 'remediation_workflow_catalog'?" in line
 

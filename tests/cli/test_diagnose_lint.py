@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import migrate_json_logs as migrate, sql, write_migrations
+from helpers import error_lines, migrate_json_logs as migrate, sql, write_migrations
 
 from runner.errors import ConfigError, MigrationFileError  # noqa: E402
 from compat.model import Shim  # noqa: E402
@@ -184,7 +184,7 @@ def test_cli_unparseable_pending_migration_exit_2(pg_url, tmp_path):
     folder = write_migrations(tmp_path / "m", {"001_bad.sql": "CREATE TABLE t (id int);\nALTER TABLE t ADD COLUM y int;\n"})
     result = migrate("lint", "--database", pg_url, "--migrations", str(folder))
     assert result.returncode == 2, result
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("migrate:")]
+    lines = [ln for ln in error_lines(result.stderr) if ln.startswith("migrate:")]
     assert len(lines) == 1 and "001_bad.sql:2: PostgreSQL parser (pglast): syntax error" in lines[0]
     assert "Traceback" not in result.stderr
 

@@ -111,8 +111,10 @@ def test_bad_input_one_line_errors_and_no_password(pg_url: str, tmp_path: Path, 
     for args, code, fragment in cases:
         result = run_migrate(*args, "--migrations", str(folder), "--log-format", "json")
         assert result.returncode == code, (args, result.stderr)
-        errors = [line for line in result.stderr.splitlines() if line.startswith("migrate: error:")]
-        assert len(errors) == 1 and fragment in errors[0], result.stderr
+        # --log-format json: every line is an event, the error the last one (issue 13)
+        events = [json.loads(line) for line in result.stderr.splitlines()]
+        errors = [e["message"] for e in events if e["event"] == "error"]
+        assert len(errors) == 1 and fragment in errors[0] and events[-1]["event"] == "error", result.stderr
         assert "Traceback" not in result.stderr
         assert secret not in result.stdout + result.stderr
     # the failed migration left nothing behind; the good one before it is recorded

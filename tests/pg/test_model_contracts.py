@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_migrate
+from helpers import ROOT, error_lines, run_migrate
 from sqlalchemy import create_engine, exc, select
 from sqlalchemy.orm import Session
 
@@ -186,7 +186,7 @@ def test_bad_specs_exit_2_with_one_line_before_connecting(spec, expected, app, e
     _bad_modules(app)
     result = verify(UNREACHABLE, example_migrations, app, spec)  # exit 2, not 5: nothing was connected
     assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr  # one line, no traceback
     assert lines[0].startswith(f"migrate: error: --consumer-models {spec!r}" if spec.endswith(":") else
                                f"migrate: error: --consumer-models {spec}: "), lines[0]
