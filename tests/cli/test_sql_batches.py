@@ -32,10 +32,10 @@ def test_create_table_as_calling_nextval_is_not_batched_and_runs_once(pg_url: st
     })
     result = _up(pg_url, folder)
     assert result.returncode == 4, result.stderr
-    assert "002_ctas" not in _batches(result.stderr)
+    assert "002_ctas" not in _batches(result.stderr), result.stderr
     # nextval is not transactional: a batch rolled back and re-run would have taken two numbers.
-    assert scalar(pg_url, "SELECT n FROM first_ticket") == 1
-    assert scalar(pg_url, "SELECT last_value FROM tickets") == 1
+    assert scalar(pg_url, "SELECT n FROM first_ticket") == 1, result.stderr
+    assert scalar(pg_url, "SELECT last_value FROM tickets") == 1, result.stderr
     assert history(pg_url) == ["001_seq", "002_ctas", "003_a"]
 
 
@@ -51,10 +51,10 @@ def test_no_batch_once_an_event_trigger_exists(pg_url: str, tmp_path: Path) -> N
     })
     result = _up(pg_url, folder)
     assert result.returncode == 4, result.stderr
-    assert _batches(result.stderr) == {}
+    assert _batches(result.stderr) == {}, result.stderr
     # 002 and 003 once each, and the first statement of 009 (the second failed): no DDL ran twice.
-    assert scalar(pg_url, "SELECT last_value FROM ddl_count") == 3
-    assert history(pg_url) == ["001_audit", "002_a", "003_b"]
+    assert scalar(pg_url, "SELECT last_value FROM ddl_count") == 3, result.stderr
+    assert history(pg_url) == ["001_audit", "002_a", "003_b"], result.stderr
 
 
 def test_schema_migrations_after_a_data_migration_still_batch(pg_url: str, tmp_path: Path) -> None:
