@@ -22,13 +22,14 @@ On rollback of a migration, its shims are dropped (and recorded as such) first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from compat import lifecycle
-from compat.declarations import RenameDeclaration, declarations_for
+from compat.declarations import RenameDeclaration, ShapeDeclaration, declarations_for, shape_declarations
 from compat.dialects import TableSnapshot, ViewBuilder, for_database
+from compat.shapes import TableShape, changed, entries_of, renames_of, touched_tables
 from compat.model import Shim
 from compat.registry import Registry
 from runner.durations import parse_duration
@@ -44,6 +45,11 @@ class _Plan:
     snapshots: list[TableSnapshot]
     refresh: list[tuple[Shim, Any]]  # views dropped in before(): (shim, what the builder needs to rebuild it)
     idle: bool = False  # nothing declared and no active shim: after() has nothing to check
+    # The shape path (builders with ``shapes``, transactional migrations): the touched tables'
+    # shapes before the statements, the shims detached from them, the tables declared.
+    shapes: dict[Any, TableShape] | None = None
+    detached: list[tuple[Shim, Any]] = field(default_factory=list)
+    declared: list[ShapeDeclaration] = field(default_factory=list)
 
 
 def version_label(ctx: MigrationContext) -> str:
@@ -70,7 +76,8 @@ class CompatHook:
         self._any_active: bool | None = None
 
     def wants(self, ctx: MigrationContext) -> bool:
-        """Idle for a migration that declares no rename while no shim is active."""
+        """Idle for a migration that declares nothing and (in auto mode) touches no existing table
+        while no shim is active."""
         return self._declarations(ctx, Registry(ctx.db)) is not None
 
     def _declarations(self, ctx: MigrationContext, registry: Registry) -> list[RenameDeclaration] | None:
@@ -78,9 +85,23 @@ class CompatHook:
         declarations = declarations_for(ctx.migration, ctx.settings) if ctx.direction == "apply" else []
         if self._any_active is None:
             self._any_active = bool(registry.shims("active"))
-        if ctx.direction == "apply" and not declarations and not self._any_active:
+        if ctx.direction == "apply" and not declarations and not self._any_active \
+                and not ctx.migration.directives_named("compat") and not self._auto_touches(ctx):
             return None
         return declarations
+
+    def _auto(self, ctx: MigrationContext) -> bool:
+        """Whether windows open for undeclared shape changes too (``[compat] mode = "auto"``)."""
+        return (ctx.settings.compat.mode == "auto" and self.create_shims and ctx.settings.compat.enabled
+                and ctx.migration.transactional)
+
+    def _auto_touches(self, ctx: MigrationContext) -> bool:
+        if not self._auto(ctx):
+            return False
+        if ctx.migration.format == "python":
+            return True
+        touches = touched_tables(ctx.migration.statements(ctx.direction))
+        return touches is None or bool(touches)
 
     # -- before -----------------------------------------------------------------
     def before(self, ctx: MigrationContext) -> None:
@@ -96,12 +117,42 @@ class CompatHook:
         # Lock the registry's rows: `shims drop`, `extend` and another hook wait for this migration.
         active = registry.shims("active", for_update=True)
         statements = ctx.migration.statements(ctx.direction)
+        if getattr(builder, "shapes", False) and ctx.migration.transactional:
+            self._plans[ctx.migration.id] = self._shape_plan(ctx, builder, active, snapshots)
+            return
         actions = analyse(statements) if ctx.migration.format != "python" else None
         refresh = builder.prepare_refresh(ctx, active, actions)
         if refresh:
             log.info("rebuilding shims around migration", migration=ctx.migration.id,
                      shims=[s.name for s, _ in refresh])
         self._plans[ctx.migration.id] = _Plan(snapshots, refresh)
+
+    def _shape_plan(self, ctx: MigrationContext, builder: Any, active: list[Shim], snapshots: list[TableSnapshot]
+                    ) -> _Plan:
+        """Snapshot the shapes of the tables the migration touches; detach their shims' views."""
+        declared = shape_declarations(ctx.migration) if ctx.direction == "apply" else []
+        names: list[tuple[str | None, str]] | None = [(s.schema, s.name) for s in snapshots]
+        names += [(d.schema, d.table) for d in declared]  # type: ignore[operator]
+        touches = None if ctx.migration.format == "python" else touched_tables(ctx.migration.statements(ctx.direction))
+        bases = builder.shim_bases(ctx.db, active) if active else {}
+        if self._auto(ctx) or bases:
+            if touches is None:
+                names = None
+            else:
+                names += [(t.schema, t.table) for t in touches]  # type: ignore[operator]
+        refs = builder.tables_for(ctx.db, names)
+        shapes = builder.shapes_of(ctx.db, [r.oid for r in refs])
+        for decl in declared:
+            _check_declared(decl, builder, ctx, shapes)
+        detached = [(shim, bases[shim.id]) for shim in active if bases.get(shim.id) in shapes]
+        for decl in declared:
+            if decl.kind == "drop" and decl.refuse:
+                _refuse_drop(ctx, builder, decl, shapes, detached)
+        builder.detach(ctx.db, [shim for shim, _ in detached])
+        if detached:
+            log.info("rebuilding shims around migration", migration=ctx.migration.id,
+                     shims=[s.name for s, _ in detached])
+        return _Plan(snapshots, [], shapes=shapes, detached=detached, declared=declared)
 
     def _retire_for_rollback(self, ctx: MigrationContext, registry: Registry) -> None:
         mine = [s for s in registry.shims("active", for_update=True) if s.migration_id == ctx.migration.id]
@@ -120,6 +171,10 @@ class CompatHook:
         builder = for_database(ctx.db)
         for snap in plan.snapshots:
             builder.verify(ctx, snap)
+        if plan.shapes is not None:
+            self._after_shapes(ctx, registry, builder, plan)
+            builder.rebuild(ctx, registry, [], plan.snapshots)
+            return
         builder.rebuild(ctx, registry, plan.refresh, plan.snapshots)
         if plan.snapshots and self.create_shims and ctx.settings.compat.enabled:
             self._create(ctx, registry, builder, plan)
@@ -147,6 +202,154 @@ class CompatHook:
                 created_at=now, expires_at=max(d.expires_at(now, default_window) for d in snap.declarations))
             log.info("shim created", shim=shim.name, table=shim.table, old=shim.old, new=shim.new,
                      expires_at=shim.expires_at.isoformat())
+
+
+    def _after_shapes(self, ctx: MigrationContext, registry: Registry, builder: Any, plan: _Plan) -> None:
+        """Rebuild the detached shims over the new shapes; open windows for the changed tables."""
+        assert plan.shapes is not None
+        after = builder.shapes_of(ctx.db, list(plan.shapes))
+        creating = self.create_shims and ctx.settings.compat.enabled and ctx.direction == "apply"
+        label = version_label(ctx)
+        now = registry.now()
+        schemas = _active_schemas(registry.shims("active")) if creating else {}
+        for key, before in plan.shapes.items():
+            mine = [shim for shim, base in plan.detached if base == key]
+            now_shape = after.get(key)
+            if now_shape is None:
+                if mine:
+                    raise MigrationFailed(lifecycle_blocked(ctx, f"drops table {before.schema}.{before.name}", mine))
+                continue
+            table = builder.table_by_oid(ctx.db, key)
+            exprs = _exprs(plan.declared, before)
+            for shim in mine:
+                entries = [dict(e) for e in shim.view_columns]
+                for entry in entries:  # registries from before shapes kept no types: the type seen until now
+                    if not entry.get("type"):
+                        col = before.by_attnum().get(entry["attnum"])
+                        entry["type"] = col.type if col else "text"
+                    if entry.get("expr") is None and entry["attnum"] in exprs:
+                        entry["expr"] = exprs[entry["attnum"]]
+                columns = builder.build_shape(ctx.db, schema=shim.compat_schema or "", view=shim.view_name,
+                                              table=table, entries=entries,
+                                              comment=_comment(builder, shim.name, shim.as_of, shim.migration_id))
+                registry.set_shape(shim, columns, renames_of(columns) or shim.renames)
+            if not creating or not changed(before, now_shape):
+                continue
+            snaps = [s for s in plan.snapshots if s.key == key]
+            decls = [d for d in plan.declared if _names(d, before)]
+            if not (self._auto(ctx) or snaps or decls):
+                continue
+            entries = _entries(before, snaps, exprs)
+            registry.ensure()
+            self._any_active = True
+            expires = max([d.expires_at(now, _default_window(ctx)) for s in snaps for d in s.declarations]
+                          + [d.expires_at(now, _default_window(ctx)) for d in decls]
+                          or [now + _default_window(ctx)])
+            targets = {builder.location(ctx.settings, before.name, label)[0]: (label, expires)}
+            taken = {shim.compat_schema for shim in mine}
+            for schema, (as_of, until) in schemas.items():
+                if schema not in taken and schema not in targets:
+                    targets[schema] = (as_of, until)
+            for schema, (as_of, until) in targets.items():
+                if schema in taken:
+                    continue
+                self._open(ctx, registry, builder, table, before, schema, as_of, until, entries, snaps)
+
+    def _open(self, ctx: MigrationContext, registry: Registry, builder: Any, table: Any, before: TableShape,
+              schema: str, as_of: str, expires: datetime, entries: list[dict[str, Any]],
+              snaps: list[TableSnapshot]) -> None:
+        view = before.name
+        name = builder.shim_name(schema, view)
+        source = snaps[0].declarations[0].source if snaps else ctx.migration.path
+        try:
+            builder.require_ours(ctx.db, schema, registry, f"create shim {name}")
+        except Exception as refused:  # UntrustedObject
+            raise MigrationFailed(f"{source}: {refused}; nothing was applied") from None
+        if builder.relation_exists(ctx.db, schema, view):
+            raise MigrationFailed(f"{source}: cannot create shim {name}: {schema}.{view} already exists "
+                                  "(a shim for another table of that name, or a leftover object)")
+        columns = builder.build_shape(ctx.db, schema=schema, view=view, table=table, entries=entries,
+                                      comment=_comment(builder, name, as_of, ctx.migration.id))
+        expose = "both" if any(d.expose == "both" for s in snaps for d in s.declarations) else "old"
+        shim = registry.add(name=name, migration_id=ctx.migration.id, table_schema=before.schema,
+                            table_name=before.name, renames=renames_of(columns), expose=expose, as_of=as_of,
+                            compat_schema=schema, view_name=view, columns=columns, created_at=registry.now(),
+                            expires_at=expires)
+        log.info("shim created", shim=shim.name, table=shim.table, as_of=as_of, shape=shim.shape,
+                 expires_at=shim.expires_at.isoformat())
+
+
+def _comment(builder: Any, name: str, as_of: str, migration_id: str) -> str:
+    from compat.dialects.postgresql import comment
+
+    return comment(name, as_of, migration_id)
+
+
+def lifecycle_blocked(ctx: MigrationContext, what: str, shims: list[Shim]) -> str:
+    from compat.dialects.postgresql import blocked
+
+    return blocked(ctx.migration.path, what, shims) + " (a dropped table cannot be shimmed)"
+
+
+def _active_schemas(active: list[Shim]) -> dict[str, tuple[str, datetime]]:
+    """Each active compat schema: (the version it presents, its latest expiry)."""
+    out: dict[str, tuple[str, datetime]] = {}
+    for shim in active:
+        if shim.compat_schema is None:
+            continue
+        as_of, until = out.get(shim.compat_schema, (shim.as_of, shim.expires_at))
+        out[shim.compat_schema] = (as_of, max(until, shim.expires_at))
+    return out
+
+
+def _names(decl: ShapeDeclaration, shape: TableShape) -> bool:
+    return decl.table == shape.name and decl.schema in (None, shape.schema)
+
+
+def _exprs(declared: list[ShapeDeclaration], before: TableShape) -> dict[int, str]:
+    """attnum -> declared expression for the dropped/retyped columns of ``before``."""
+    names = {c.name: c.attnum for c in before.columns}
+    return {names[d.column]: d.expr for d in declared
+            if _names(d, before) and d.expr is not None and d.column in names}
+
+
+def _entries(before: TableShape, snaps: list[TableSnapshot], exprs: dict[int, str]) -> list[dict[str, Any]]:
+    """The view columns presenting ``before`` (plus the new names of renames declared expose=both)."""
+    both = {d.old: d.new for s in snaps for d in s.declarations if d.expose == "both"}
+    out: list[dict[str, Any]] = []
+    for entry in entries_of(before):
+        if entry["attnum"] in exprs:
+            entry["expr"] = exprs[entry["attnum"]]
+        out.append(entry)
+        if entry["name"] in both:
+            out.append({**entry, "name": both[entry["name"]]})
+    return out
+
+
+def _check_declared(decl: ShapeDeclaration, builder: Any, ctx: MigrationContext, shapes: dict[Any, TableShape]
+                    ) -> None:
+    shape = next((s for s in shapes.values() if _names(decl, s)), None)
+    if shape is None:
+        raise MigrationFailed(f"{decl.source}: compat {decl.kind}: table {decl.qualified_table} does not exist "
+                              f"before {ctx.migration.id} runs")
+    names = {c.name for c in shape.columns}
+    if decl.kind in ("drop", "retype") and decl.column not in names:
+        raise MigrationFailed(f"{decl.source}: compat {decl.kind}: column {decl.column} does not exist in "
+                              f"{shape.name} before the migration runs")
+    if decl.kind == "add" and decl.column in names:
+        raise MigrationFailed(f"{decl.source}: compat add: column {decl.column} already exists in {shape.name}")
+
+
+def _refuse_drop(ctx: MigrationContext, builder: Any, decl: ShapeDeclaration, shapes: dict[Any, TableShape],
+                 detached: list[tuple[Shim, Any]]) -> None:
+    shape = next(s for s in shapes.values() if _names(decl, s))
+    attnum = next(c.attnum for c in shape.columns if c.name == decl.column)
+    showing = [shim for shim, base in detached if base == shape.key
+               and any(c["attnum"] == attnum for c in shim.view_columns)]
+    if showing:
+        from compat.dialects.postgresql import blocked
+
+        raise MigrationFailed(blocked(decl.source, f"drops column {shape.name}.{decl.column} (declared refuse)", showing))
 
 
 def _default_window(ctx: MigrationContext) -> timedelta:

@@ -65,7 +65,20 @@ class Shim:
     def exposed(self) -> tuple[str, ...]:
         """The base-table column names the view presents (its old names mapped through the renames)."""
         renames = {r["old"]: r["new"] for r in self.renames} or {self.old: self.new}
-        return tuple(dict.fromkeys(renames.get(c["name"], c["name"]) for c in self.columns))
+        return tuple(dict.fromkeys(c.get("base") or renames.get(c["name"], c["name"]) for c in self.view_columns
+                                   if c.get("show", "column") in ("column", "rename", "cast")))
+
+    @property
+    def view_columns(self) -> list[dict[str, Any]]:
+        """The view's own columns (the column map without the table's hidden columns)."""
+        return [c for c in self.columns if not c.get("hidden")]
+
+    @property
+    def shape(self) -> dict[str, list[str]]:
+        """What the view hides, renames, casts and fills (see compat.shapes.describe)."""
+        from compat.shapes import describe
+
+        return describe(self.columns)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``shims list`` prints."""
@@ -75,7 +88,7 @@ class Shim:
             "migration": self.migration_id, "created_at": _iso(self.created_at), "created_by": self.created_by,
             "created_client": self.created_client, "expires_at": _iso(self.expires_at), "status": self.status,
             "dropped_at": _iso(self.dropped_at), "dropped_by": self.dropped_by, "reason": self.reason,
-            "extensions": self.extensions,
+            "extensions": self.extensions, "shape": self.shape,
         }
 
 

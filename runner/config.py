@@ -34,7 +34,8 @@ _TOP_KEYS = {
     "database", "migrations", "schema", "lock_timeout", "lock_wait", "lock_retries",
     "format", "log_format", "compat", "renames", "lint", "environments",
 }
-_COMPAT_KEYS = {"enabled", "default_window", "schema_template", "sqlite_view_template"}
+_COMPAT_KEYS = {"enabled", "default_window", "schema_template", "sqlite_view_template", "mode"}
+COMPAT_MODES = ("declared", "auto")
 _RENAME_KEYS = {"migration", "table", "old", "new", "window", "until", "expose"}
 _RENAME_REQUIRED = ("migration", "table", "old", "new")
 _LINT_KEYS = {"disable"}
@@ -50,6 +51,9 @@ class CompatSettings:
     schema_template: str = "compat_{version}"
     # SQLite has no schemas: a shim is a view named after this template.
     sqlite_view_template: str = "{table}__v{version}"
+    # "declared": windows only for changes declared with -- compat: directives; "auto": for every
+    # shape change of an existing table a transactional migration makes (compat.shapes).
+    mode: str = "declared"
 
 
 @dataclass
@@ -168,6 +172,8 @@ def load_settings(
         if not isinstance(value, expected):
             raise ConfigError(f"{where}: [compat] {key}: expected {expected.__name__}, got {value!r}")
         setattr(settings.compat, key, value)
+    if compat.get("mode", "declared") not in COMPAT_MODES:
+        raise ConfigError(f"{where}: [compat] mode: expected one of {', '.join(COMPAT_MODES)}, got {compat['mode']!r}")
     for key, fields in (("schema_template", {"version"}), ("sqlite_view_template", {"table", "version"})):
         if key in compat:
             _check_template(compat[key], fields, f"{where}: [compat] {key}")
