@@ -41,16 +41,24 @@ def _shim_rows(shims: list[Any], now: datetime) -> list[list[str]]:
         expiry = _when(s.expires_at)
         if s.status == "active":
             expiry += f" ({lifecycle.describe_delta(s.expires_at - now)})"
-        rows.append([s.name, s.table, f"{s.old} -> {s.new}", s.as_of, s.status, expiry])
+        rows.append([s.name, s.table, _presents(s), s.as_of, s.status, expiry])
     return rows
 
 
-_HEADERS = ["NAME", "TABLE", "RENAME", "VERSION", "STATUS", "EXPIRES"]
+def _presents(shim: Any) -> str:
+    """What the view does to the table: ``renames a as b; hides c; casts ...; fills ...``."""
+    shape = shim.shape
+    if not shape:
+        return f"{shim.old} -> {shim.new}" if shim.old else "-"
+    return "; ".join(f"{verb} {', '.join(items)}" for verb, items in shape.items())
+
+
+_HEADERS = ["NAME", "TABLE", "PRESENTS", "VERSION", "STATUS", "EXPIRES"]
 
 
 @click.group("shims")
 def shims() -> None:
-    """Compatibility shims for declared renames (views presenting an older version's columns)."""
+    """Compatibility shims: views presenting an older version's shape of a changed table."""
 
 
 @shims.command("list")
@@ -58,7 +66,8 @@ def shims() -> None:
               help="Which shims to show.")
 @click.pass_obj
 def list_command(inv: Any, status: str) -> int:
-    """Every shim in the registry: name, table, old -> new, version, status, expiry."""
+    """Every shim in the registry: name, table, what it presents (renames, hides, casts, fills),
+    version, status, expiry."""
     with inv.open_database(read_only=True) as db:
         found = lifecycle.list_shims(db, None if status == "all" else status)
         now = db.now()

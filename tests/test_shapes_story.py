@@ -125,3 +125,13 @@ def test_story_postgresql(story: Path, pg_url: str):
     # the registry keeps everything
     listed = json.loads(cli(story, "shims", "list", *db, "--format", "json").stdout)
     assert sorted(e["status"] for e in listed) == ["active"] * 4 + ["dropped"] * 2
+
+
+def test_shims_list_text_says_what_each_view_presents(story: Path, pg_url: str):
+    assert cli(story, "up", "--database", pg_url).returncode == 0
+    text = cli(story, "shims", "list", "--database", pg_url).stdout
+    lines = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert "PRESENTS" in text.splitlines()[0]
+    assert "renames container_image as execution_bundle" in lines[f"compat_017.{CATALOG}"]
+    assert "hides container_image" in lines[f"compat_016.{CATALOG}"]
+    assert "casts attempts::integer as attempts; fills legacy_note with NULL::text" in lines[f"compat_016.{RUNS}"]
