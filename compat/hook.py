@@ -28,7 +28,7 @@ from typing import Any
 
 from compat import lifecycle
 from compat.declarations import RenameDeclaration, ShapeDeclaration, declarations_for, shape_declarations
-from compat.dialects import TableSnapshot, ViewBuilder, for_database
+from compat.dialects import TableSnapshot, ViewBuilder, blocked, for_database
 from compat.shapes import TableShape, changed, entries_of, renames_of, touched_tables
 from compat.model import Shim
 from compat.registry import Registry
@@ -140,8 +140,10 @@ class CompatHook:
                 names = None
             else:
                 names += [(t.schema, t.table) for t in touches]  # type: ignore[operator]
-        refs = builder.tables_for(ctx.db, names)
-        shapes = builder.shapes_of(ctx.db, [r.oid for r in refs])
+        keys = builder.shape_keys(ctx.db, names)
+        if builder.rebuild_all:  # the database cannot keep any view across the migration's statements
+            keys += [key for key in dict.fromkeys(bases.values()) if key not in keys]
+        shapes = builder.shapes_of(ctx.db, keys)
         for decl in declared:
             _check_declared(decl, builder, ctx, shapes)
         detached = [(shim, bases[shim.id]) for shim in active if bases.get(shim.id) in shapes]
@@ -207,11 +209,11 @@ class CompatHook:
     def _after_shapes(self, ctx: MigrationContext, registry: Registry, builder: Any, plan: _Plan) -> None:
         """Rebuild the detached shims over the new shapes; open windows for the changed tables."""
         assert plan.shapes is not None
-        after = builder.shapes_of(ctx.db, list(plan.shapes))
+        after = builder.shapes_after(ctx, plan.shapes)
         creating = self.create_shims and ctx.settings.compat.enabled and ctx.direction == "apply"
         label = version_label(ctx)
         now = registry.now()
-        schemas = _active_schemas(registry.shims("active")) if creating else {}
+        versions = _active_versions(registry.shims("active")) if creating else {}
         for key, before in plan.shapes.items():
             mine = [shim for shim, base in plan.detached if base == key]
             now_shape = after.get(key)
@@ -219,20 +221,20 @@ class CompatHook:
                 if mine:
                     raise MigrationFailed(lifecycle_blocked(ctx, f"drops table {before.schema}.{before.name}", mine))
                 continue
-            table = builder.table_by_oid(ctx.db, key)
             exprs = _exprs(plan.declared, before)
             for shim in mine:
                 entries = [dict(e) for e in shim.view_columns]
                 for entry in entries:  # registries from before shapes kept no types: the type seen until now
+                    entry.setdefault("attnum", entry.get("column"))
                     if not entry.get("type"):
                         col = before.by_attnum().get(entry["attnum"])
                         entry["type"] = col.type if col else "text"
                     if entry.get("expr") is None and entry["attnum"] in exprs:
                         entry["expr"] = exprs[entry["attnum"]]
-                columns = builder.build_shape(ctx.db, schema=shim.compat_schema or "", view=shim.view_name,
-                                              table=table, entries=entries,
-                                              comment=_comment(builder, shim.name, shim.as_of, shim.migration_id))
-                registry.set_shape(shim, columns, renames_of(columns) or shim.renames)
+                columns = builder.build_shape(ctx.db, schema=shim.compat_schema, view=shim.view_name,
+                                              table=now_shape, entries=entries,
+                                              comment=builder.comment(shim.name, shim.as_of, shim.migration_id))
+                registry.set_shape(shim, columns, renames_of(columns) or shim.renames, now_shape.name)
             if not creating or not changed(before, now_shape):
                 continue
             snaps = [s for s in plan.snapshots if s.key == key]
@@ -245,20 +247,16 @@ class CompatHook:
             expires = max([d.expires_at(now, _default_window(ctx)) for s in snaps for d in s.declarations]
                           + [d.expires_at(now, _default_window(ctx)) for d in decls]
                           or [now + _default_window(ctx)])
-            targets = {builder.location(ctx.settings, before.name, label)[0]: (label, expires)}
-            taken = {shim.compat_schema for shim in mine}
-            for schema, (as_of, until) in schemas.items():
-                if schema not in taken and schema not in targets:
-                    targets[schema] = (as_of, until)
-            for schema, (as_of, until) in targets.items():
-                if schema in taken:
-                    continue
-                self._open(ctx, registry, builder, table, before, schema, as_of, until, entries, snaps)
+            targets = {label: expires, **{v: until for v, until in versions.items() if v != label}}
+            taken = {shim.as_of for shim in mine}
+            for as_of, until in targets.items():
+                if as_of not in taken:
+                    self._open(ctx, registry, builder, now_shape, before, as_of, until, entries, snaps)
 
-    def _open(self, ctx: MigrationContext, registry: Registry, builder: Any, table: Any, before: TableShape,
-              schema: str, as_of: str, expires: datetime, entries: list[dict[str, Any]],
-              snaps: list[TableSnapshot]) -> None:
-        view = before.name
+    def _open(self, ctx: MigrationContext, registry: Registry, builder: Any, table: TableShape, before: TableShape,
+              as_of: str, expires: datetime, entries: list[dict[str, Any]], snaps: list[TableSnapshot]) -> None:
+        """Create the view presenting ``before`` to version ``as_of`` and its registry row."""
+        schema, view = builder.location(ctx.settings, before.name, as_of)
         name = builder.shim_name(schema, view)
         source = snaps[0].declarations[0].source if snaps else ctx.migration.path
         try:
@@ -266,39 +264,29 @@ class CompatHook:
         except Exception as refused:  # UntrustedObject
             raise MigrationFailed(f"{source}: {refused}; nothing was applied") from None
         if builder.relation_exists(ctx.db, schema, view):
-            raise MigrationFailed(f"{source}: cannot create shim {name}: {schema}.{view} already exists "
+            raise MigrationFailed(f"{source}: cannot create shim {name}: {name} already exists "
                                   "(a shim for another table of that name, or a leftover object)")
         columns = builder.build_shape(ctx.db, schema=schema, view=view, table=table, entries=entries,
-                                      comment=_comment(builder, name, as_of, ctx.migration.id))
+                                      comment=builder.comment(name, as_of, ctx.migration.id))
         expose = "both" if any(d.expose == "both" for s in snaps for d in s.declarations) else "old"
-        shim = registry.add(name=name, migration_id=ctx.migration.id, table_schema=before.schema,
-                            table_name=before.name, renames=renames_of(columns), expose=expose, as_of=as_of,
+        shim = registry.add(name=name, migration_id=ctx.migration.id, table_schema=table.schema,
+                            table_name=table.name, renames=renames_of(columns), expose=expose, as_of=as_of,
                             compat_schema=schema, view_name=view, columns=columns, created_at=registry.now(),
                             expires_at=expires)
         log.info("shim created", shim=shim.name, table=shim.table, as_of=as_of, shape=shim.shape,
                  expires_at=shim.expires_at.isoformat())
 
 
-def _comment(builder: Any, name: str, as_of: str, migration_id: str) -> str:
-    from compat.dialects.postgresql import comment
-
-    return comment(name, as_of, migration_id)
-
-
 def lifecycle_blocked(ctx: MigrationContext, what: str, shims: list[Shim]) -> str:
-    from compat.dialects.postgresql import blocked
-
     return blocked(ctx.migration.path, what, shims) + " (a dropped table cannot be shimmed)"
 
 
-def _active_schemas(active: list[Shim]) -> dict[str, tuple[str, datetime]]:
-    """Each active compat schema: (the version it presents, its latest expiry)."""
-    out: dict[str, tuple[str, datetime]] = {}
+def _active_versions(active: list[Shim]) -> dict[str, datetime]:
+    """Each version with an open window (a compat schema, or views on SQLite): its latest expiry.
+    A view added to an open window later shares that expiry (the window is the pinned consumer's)."""
+    out: dict[str, datetime] = {}
     for shim in active:
-        if shim.compat_schema is None:
-            continue
-        as_of, until = out.get(shim.compat_schema, (shim.as_of, shim.expires_at))
-        out[shim.compat_schema] = (as_of, max(until, shim.expires_at))
+        out[shim.as_of] = max(out.get(shim.as_of, shim.expires_at), shim.expires_at)
     return out
 
 
@@ -347,8 +335,6 @@ def _refuse_drop(ctx: MigrationContext, builder: Any, decl: ShapeDeclaration, sh
     showing = [shim for shim, base in detached if base == shape.key
                and any(c["attnum"] == attnum for c in shim.view_columns)]
     if showing:
-        from compat.dialects.postgresql import blocked
-
         raise MigrationFailed(blocked(decl.source, f"drops column {shape.name}.{decl.column} (declared refuse)", showing))
 
 

@@ -151,10 +151,13 @@ class Registry:
         self.db.execute(f"UPDATE {self._table} SET columns = {self._json()} WHERE id = %s",
                         (json.dumps(columns), shim.id))
 
-    def set_shape(self, shim: Shim, columns: list[dict[str, Any]], renames: list[dict[str, str]]) -> Shim:
-        """Replace the column map and the renames after a shim view was rebuilt around a migration."""
+    def set_shape(self, shim: Shim, columns: list[dict[str, Any]], renames: list[dict[str, str]],
+                  table_name: str | None = None) -> Shim:
+        """Replace the column map and the renames (and the table's name, after a table rename) once a
+        shim view was rebuilt around a migration."""
         self.db.execute(
-            f"UPDATE {self._table} SET columns = {self._json()}, renames = {self._json()}, old_name = %s, new_name = %s "
-            "WHERE id = %s", (json.dumps(columns), json.dumps(renames), ", ".join(r["old"] for r in renames),
-                              ", ".join(r["new"] for r in renames), shim.id))
+            f"UPDATE {self._table} SET columns = {self._json()}, renames = {self._json()}, old_name = %s, new_name = %s, "
+            "table_name = %s WHERE id = %s",
+            (json.dumps(columns), json.dumps(renames), ", ".join(r["old"] for r in renames),
+             ", ".join(r["new"] for r in renames), table_name or shim.table_name, shim.id))
         return self.get(shim.id)

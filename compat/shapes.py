@@ -103,7 +103,7 @@ def compose(entries: list[dict[str, Any]], live: dict[int, ColumnShape]) -> tupl
         else:
             out.append(Presented(name, attnum, old_type, "column" if column.name == name else "rename", column.name))
     shown = {p.attnum for p in out if p.base is not None and p.show in ("column", "rename", "cast")}
-    hidden = [c for a, c in sorted(live.items()) if a not in shown]
+    hidden = [c for a, c in live.items() if a not in shown]  # in table order
     return out, hidden
 
 

@@ -80,6 +80,19 @@ class ViewBuilder(Protocol):
     def foreign_objects(self, db: Database, settings: Settings, registry: Registry) -> list[tuple[str, str]]: ...
 
 
+def drop_command(shim: Shim) -> str:
+    """The command that removes ``shim`` (quoted for a shell where its name needs it)."""
+    return f"migrate shims drop '{shim.name}'" if any(c in shim.name for c in ' "$') else f"migrate shims drop {shim.name}"
+
+
+def blocked(where: str, what: str, shims: list[Shim]) -> str:
+    """The refusal of a migration that would remove what active ``shims`` expose."""
+    listed = ", ".join(f"{s.name} (version {s.as_of}, expires {s.expires_at:%Y-%m-%d %H:%M} UTC)" for s in shims)
+    commands = "; ".join(drop_command(s) for s in shims)
+    return (f"{where}: the migration {what}, which active shim {listed} exposes; nothing was applied. "
+            f"Drop the shim first ({commands}) or wait until its consumers have moved on")
+
+
 def for_database(db: Database) -> ViewBuilder:
     if db.dialect.name == "postgresql":
         from compat.dialects.postgresql import BUILDER

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from compat.declarations import RenameDeclaration, quote_ident
-from compat.dialects import Session, TableSnapshot
+from compat.dialects import Session, TableSnapshot, blocked, drop_command
 from compat.shapes import ColumnShape, TableShape, compose, stored
 from compat.model import Route, Shim
 from runner.errors import MigrationFailed, UntrustedObject
@@ -113,10 +113,6 @@ def _sql() -> Any:
     from psycopg import sql
 
     return sql
-
-
-def drop_command(shim: Shim) -> str:
-    return f"migrate shims drop '{shim.name}'" if any(c in shim.name for c in ' "$') else f"migrate shims drop {shim.name}"
 
 
 class PostgresShims:
@@ -551,12 +547,15 @@ class PostgresShims:
         for shim in shims:
             self.drop_view(db, shim.compat_schema or "", shim.view_name, keep_schema=True)
 
-    def build_shape(self, db: Database, *, schema: str, view: str, table: TableRef, entries: list[dict[str, Any]],
-                    comment: str = "") -> list[dict[str, Any]]:
+    def build_shape(self, db: Database, *, schema: str | None, view: str, table: TableShape,
+                    entries: list[dict[str, Any]], comment: str = "") -> list[dict[str, Any]]:
         """Create ``schema.view`` presenting ``entries`` (a version's columns) over ``table`` as it is
         now; return the column map to store (how each column is shown, which are hidden)."""
         sql = _sql()
-        live = self.shapes_of(db, [table.oid])[table.oid].by_attnum()
+        assert schema is not None
+        live = table.by_attnum()
+        ref = self.table_by_oid(db, table.key)
+        assert ref is not None
         presented, hidden = compose(entries, live)
         items = []
         for p in presented:
@@ -574,7 +573,7 @@ class PostgresShims:
         if self.schema_owner(db, schema) is None:
             db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         db.execute(sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {}").format(
-            target, options, sql.SQL(", ").join(items), sql.Identifier(table.schema, table.name)))
+            target, options, sql.SQL(", ").join(items), sql.Identifier(ref.schema, ref.name)))
         plain = [(p.name, p.attnum) for p in presented if p.show in ("column", "rename")]
         for name, attnum in plain:
             column = live[attnum]
@@ -583,8 +582,22 @@ class PostgresShims:
                     target, sql.Identifier(name), sql.SQL(column.default)))
         if comment:
             db.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(target, sql.Literal(comment)))
-        self.grant_like_table(db, schema=schema, view=view, table=table, columns=plain)
+        self.grant_like_table(db, schema=schema, view=view, table=ref, columns=plain)
         return stored(presented, hidden, entries)
+
+    def shape_keys(self, db: Database, names: list[tuple[str | None, str]] | None) -> list[int]:
+        """The oids of the existing tables ``names`` (None: every table of the migrations' schemas)."""
+        return [ref.oid for ref in self.tables_for(db, names)]
+
+    def shapes_after(self, ctx: MigrationContext, before: dict[int, TableShape]) -> dict[int, TableShape]:
+        """The same tables after the statements (oids and attnums survive renames)."""
+        return self.shapes_of(ctx.db, list(before))
+
+    rebuild_all = False  # views on untouched tables survive a migration
+
+    @staticmethod
+    def comment(name: str, as_of: str, migration_id: str) -> str:
+        return comment(name, as_of, migration_id)
 
     # -- who uses a shim ----------------------------------------------------------------------
     def sessions_using(self, db: Database, shims: list[Shim], routes: list[Route]) -> tuple[list[Session], list[str]]:
@@ -665,13 +678,6 @@ def check_columns(group: list[RenameDeclaration], names: set[str], table: str) -
     for new in news:
         if news.count(new) > 1:
             raise MigrationFailed(f"{group[0].source}: compat rename: two columns of {table} renamed to {new}")
-
-
-def blocked(where: str, what: str, shims: list[Shim]) -> str:
-    listed = ", ".join(f"{s.name} (version {s.as_of}, expires {s.expires_at:%Y-%m-%d %H:%M} UTC)" for s in shims)
-    commands = "; ".join(drop_command(s) for s in shims)
-    return (f"{where}: the migration {what}, which active shim {listed} exposes; nothing was applied. "
-            f"Drop the shim first ({commands}) or wait until its consumers have moved on")
 
 
 def lost_column(decl: RenameDeclaration, column: str, version: str) -> str:

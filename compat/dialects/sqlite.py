@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from compat.declarations import RenameDeclaration
 from compat.dialects import Session, TableSnapshot
-from compat.dialects.postgresql import check_columns, drop_command, label, lost_column
+from compat.dialects import drop_command
+from compat.dialects.postgresql import check_columns, label, lost_column
 from compat.model import Route, Shim
 from runner.db import quote_identifier
 from runner.errors import MigrationFailed
