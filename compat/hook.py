@@ -251,10 +251,11 @@ class CompatHook:
             taken = {shim.as_of for shim in mine}
             for as_of, until in targets.items():
                 if as_of not in taken:
-                    self._open(ctx, registry, builder, now_shape, before, as_of, until, entries, snaps)
+                    self._open(ctx, registry, builder, now_shape, before, as_of, (now, until), entries, snaps)
 
     def _open(self, ctx: MigrationContext, registry: Registry, builder: Any, table: TableShape, before: TableShape,
-              as_of: str, expires: datetime, entries: list[dict[str, Any]], snaps: list[TableSnapshot]) -> None:
+              as_of: str, window: tuple[datetime, datetime], entries: list[dict[str, Any]],
+              snaps: list[TableSnapshot]) -> None:
         """Create the view presenting ``before`` to version ``as_of`` and its registry row."""
         schema, view = builder.location(ctx.settings, before.name, as_of)
         name = builder.shim_name(schema, view)
@@ -271,8 +272,8 @@ class CompatHook:
         expose = "both" if any(d.expose == "both" for s in snaps for d in s.declarations) else "old"
         shim = registry.add(name=name, migration_id=ctx.migration.id, table_schema=table.schema,
                             table_name=table.name, renames=renames_of(columns), expose=expose, as_of=as_of,
-                            compat_schema=schema, view_name=view, columns=columns, created_at=registry.now(),
-                            expires_at=expires)
+                            compat_schema=schema, view_name=view, columns=columns, created_at=window[0],
+                            expires_at=window[1])
         log.info("shim created", shim=shim.name, table=shim.table, as_of=as_of, shape=shim.shape,
                  expires_at=shim.expires_at.isoformat())
 
