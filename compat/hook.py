@@ -117,7 +117,7 @@ class CompatHook:
         # Lock the registry's rows: `shims drop`, `extend` and another hook wait for this migration.
         active = registry.shims("active", for_update=True)
         statements = ctx.migration.statements(ctx.direction)
-        if getattr(builder, "shapes", False) and ctx.migration.transactional:
+        if builder.shapes and ctx.migration.transactional:
             self._plans[ctx.migration.id] = self._shape_plan(ctx, builder, active, snapshots)
             return
         actions = analyse(statements) if ctx.migration.format != "python" else None

@@ -135,3 +135,21 @@ def test_shims_list_text_says_what_each_view_presents(story: Path, pg_url: str):
     assert "renames container_image as execution_bundle" in lines[f"compat_017.{CATALOG}"]
     assert "hides container_image" in lines[f"compat_016.{CATALOG}"]
     assert "casts attempts::integer as attempts; fills legacy_note with NULL::text" in lines[f"compat_016.{RUNS}"]
+
+
+def test_connect_and_route_for_a_pinned_version(story: Path, pg_url: str, make_role):
+    assert cli(story, "up", "--database", pg_url).returncode == 0
+    shown = json.loads(cli(story, "shims", "connect", "--as-of", "016", "--database", pg_url, "--format", "json").stdout)
+    assert shown["search_path"] == "compat_016,public"
+    assert sorted(shown["shims"]) == [f"compat_016.{CATALOG}", f"compat_016.{RUNS}"]
+    role = make_role()
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'GRANT SELECT, INSERT, UPDATE ON {CATALOG}, workflow_executions TO "{role}"')
+    # the route grants what the role needs on every view of the version's compat schema
+    routed = cli(story, "shims", "route", role, "--as-of", "016", "--database", pg_url)
+    assert routed.returncode == 0, routed.stderr
+    from conftest import url_as
+
+    with psycopg.connect(url_as(pg_url, role), autocommit=True) as c16:
+        assert [d.name for d in c16.execute(f"SELECT * FROM {RUNS}").description] == SEEN["016"][RUNS]
+        c16.execute(f"INSERT INTO {CATALOG} (workflow_name) VALUES ('routed')")
