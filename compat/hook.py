@@ -33,7 +33,7 @@ from compat.shapes import TableShape, changed, entries_of, renames_of, touched_t
 from compat.model import Shim
 from compat.registry import Registry
 from runner.durations import parse_duration
-from runner.errors import MigrationFailed
+from runner.errors import MigrationFailed, UntrustedObject
 from runner.hooks import MigrationContext
 from runner.logs import get_logger
 
@@ -50,6 +50,7 @@ class _Plan:
     shapes: dict[Any, TableShape] | None = None
     detached: list[tuple[Shim, Any]] = field(default_factory=list)
     declared: list[ShapeDeclaration] = field(default_factory=list)
+    active: list[Shim] = field(default_factory=list)  # the active shims before the statements
 
 
 def version_label(ctx: MigrationContext) -> str:
@@ -154,7 +155,7 @@ class CompatHook:
         if detached:
             log.info("rebuilding shims around migration", migration=ctx.migration.id,
                      shims=[s.name for s, _ in detached])
-        return _Plan(snapshots, [], shapes=shapes, detached=detached, declared=declared)
+        return _Plan(snapshots, [], shapes=shapes, detached=detached, declared=declared, active=active)
 
     def _retire_for_rollback(self, ctx: MigrationContext, registry: Registry) -> None:
         mine = [s for s in registry.shims("active", for_update=True) if s.migration_id == ctx.migration.id]
@@ -213,7 +214,8 @@ class CompatHook:
         creating = self.create_shims and ctx.settings.compat.enabled and ctx.direction == "apply"
         label = version_label(ctx)
         now = registry.now()
-        versions = _active_versions(registry.shims("active")) if creating else {}
+        versions = _active_versions(plan.active) if creating else {}
+        checked: set[str | None] = set()  # compat schemas found to be the runner's in this migration
         for key, before in plan.shapes.items():
             mine = [shim for shim, base in plan.detached if base == key]
             now_shape = after.get(key)
@@ -251,19 +253,22 @@ class CompatHook:
             taken = {shim.as_of for shim in mine}
             for as_of, until in targets.items():
                 if as_of not in taken:
-                    self._open(ctx, registry, builder, now_shape, before, as_of, (now, until), entries, snaps)
+                    self._open(ctx, registry, builder, now_shape, before, as_of, (now, until), entries, snaps,
+                               checked)
 
     def _open(self, ctx: MigrationContext, registry: Registry, builder: Any, table: TableShape, before: TableShape,
               as_of: str, window: tuple[datetime, datetime], entries: list[dict[str, Any]],
-              snaps: list[TableSnapshot]) -> None:
+              snaps: list[TableSnapshot], checked: set[str | None]) -> None:
         """Create the view presenting ``before`` to version ``as_of`` and its registry row."""
         schema, view = builder.location(ctx.settings, before.name, as_of)
         name = builder.shim_name(schema, view)
         source = snaps[0].declarations[0].source if snaps else ctx.migration.path
-        try:
-            builder.require_ours(ctx.db, schema, registry, f"create shim {name}")
-        except Exception as refused:  # UntrustedObject
-            raise MigrationFailed(f"{source}: {refused}; nothing was applied") from None
+        if schema not in checked:  # nobody else can add objects to it inside this transaction after the check
+            try:
+                builder.require_ours(ctx.db, schema, registry, f"create shim {name}")
+            except UntrustedObject as refused:
+                raise MigrationFailed(f"{source}: {refused}; nothing was applied") from None
+            checked.add(schema)
         if builder.relation_exists(ctx.db, schema, view):
             raise MigrationFailed(f"{source}: cannot create shim {name}: {name} already exists "
                                   "(a shim for another table of that name, or a leftover object)")

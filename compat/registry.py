@@ -131,6 +131,14 @@ class Registry:
                                (status,) if status else ()).fetchall()
         return [self._shim(r) for r in rows]
 
+    def view_names(self, compat_schema: str) -> set[str]:
+        """The views the registry ever placed in ``compat_schema`` (one indexed-size query, no JSON)."""
+        if not self.exists():
+            return set()
+        rows = self.db.execute(f"SELECT DISTINCT view_name FROM {self._table} WHERE compat_schema = %s",
+                               (compat_schema,)).fetchall()
+        return {r[0] for r in rows}
+
     def mark_dropped(self, shim: Shim, reason: str | None) -> Shim:
         """Set status dropped, dropped_at (now), dropped_by and reason."""
         self.db.execute(

@@ -218,7 +218,7 @@ class PostgresShims:
         found = []
         if owner[0] not in trusted:
             found.append(f"schema {schema} is owned by role {owner[1]}")
-        ours = {s.view_name for s in registry.shims() if s.compat_schema == schema}
+        ours = registry.view_names(schema)
         union = " UNION ALL ".join(
             f"SELECT '{kind}', {name}::pg_catalog.text FROM {catalog} WHERE {column} = "
             "(SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)"
