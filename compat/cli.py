@@ -41,16 +41,8 @@ def _shim_rows(shims: list[Any], now: datetime) -> list[list[str]]:
         expiry = _when(s.expires_at)
         if s.status == "active":
             expiry += f" ({lifecycle.describe_delta(s.expires_at - now)})"
-        rows.append([s.name, s.table, _presents(s), s.as_of, s.status, expiry])
+        rows.append([s.name, s.table, s.presents, s.as_of, s.status, expiry])
     return rows
-
-
-def _presents(shim: Any) -> str:
-    """What the view does to the table: ``renames a as b; hides c; casts ...; fills ...``."""
-    shape = shim.shape
-    if not shape:
-        return f"{shim.old} -> {shim.new}" if shim.old else "-"
-    return "; ".join(f"{verb} {', '.join(items)}" for verb, items in shape.items())
 
 
 _HEADERS = ["NAME", "TABLE", "PRESENTS", "VERSION", "STATUS", "EXPIRES"]
@@ -112,7 +104,7 @@ def drop(inv: Any, names: tuple[str, ...], expired: bool, force: bool, reason: s
     with inv.open_database() as db:
         report = lifecycle.drop(db, names, expired=expired, force=force, reason=reason,
                                 lock_timeout=inv.settings.lock_timeout, lock_wait=inv.settings.lock_wait)
-    lines = [f"dropped {s.name} ({s.table} {s.old} -> {s.new})" for s in report.dropped] or ["nothing to drop"]
+    lines = [f"dropped {s.name} ({s.change})" for s in report.dropped] or ["nothing to drop"]
     lines += [f"dropped schema {schema}" for schema in report.schemas_dropped]
     lines += [f"restored search_path of role {r.role} (was routed to {r.compat_schema})" for r in report.routes_undone]
     lines += [f"forced past: {s.describe()}" for s in report.sessions]

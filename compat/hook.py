@@ -223,6 +223,9 @@ class CompatHook:
                 if mine:
                     raise MigrationFailed(lifecycle_blocked(ctx, f"drops table {before.schema}.{before.name}", mine))
                 continue
+            for decl in plan.declared:
+                if _names(decl, before):
+                    _verify_declared(decl, before, now_shape)
             exprs = _exprs(plan.declared, before)
             for shim in mine:
                 entries = [dict(e) for e in shim.view_columns]
@@ -332,6 +335,28 @@ def _check_declared(decl: ShapeDeclaration, builder: Any, ctx: MigrationContext,
                               f"{shape.name} before the migration runs")
     if decl.kind == "add" and decl.column in names:
         raise MigrationFailed(f"{decl.source}: compat add: column {decl.column} already exists in {shape.name}")
+
+
+def _verify_declared(decl: ShapeDeclaration, before: TableShape, after: TableShape) -> None:
+    """Raise MigrationFailed when a declared change did not happen."""
+    was = {c.name: c for c in before.columns}
+    now = after.by_attnum()
+    problem = None
+    if decl.kind == "add" and not any(c.name == decl.column and c.attnum not in before.by_attnum()
+                                      for c in after.columns):
+        problem = f"no new column {decl.column} in {after.name}"
+    elif decl.kind == "drop" and was[decl.column or ""].attnum in now:
+        problem = f"column {decl.column} still exists (as {now[was[decl.column or ''].attnum].name})"
+    elif decl.kind == "retype":
+        column = now.get(was[decl.column or ""].attnum)
+        if column is None:
+            problem = f"column {decl.column} was dropped"
+        elif column.type == was[decl.column or ""].type:
+            problem = f"column {decl.column} is still {column.type}"
+    elif decl.kind == "rename-table" and after.name != decl.new:
+        problem = f"the table is called {after.name}, not {decl.new}"
+    if problem:
+        raise MigrationFailed(f"{decl.source}: declared change `{decl.text}` did not happen: {problem}")
 
 
 def _refuse_drop(ctx: MigrationContext, builder: Any, decl: ShapeDeclaration, shapes: dict[Any, TableShape],

@@ -80,6 +80,18 @@ class Shim:
 
         return describe(self.columns)
 
+    @property
+    def presents(self) -> str:
+        """What the view does to the table, in words: ``renames a as b; hides c; fills d with NULL::text``."""
+        if not self.shape:
+            return f"{self.old} -> {self.new}" if self.old else "-"
+        return "; ".join(f"{verb} {', '.join(items)}" for verb, items in self.shape.items())
+
+    @property
+    def change(self) -> str:
+        """The shim's change for messages: ``table.old -> new`` for a rename, else what it presents."""
+        return f"{self.table}.{self.old} -> {self.new}" if self.old else f"{self.table}: {self.presents}"
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``shims list`` prints."""
         return {

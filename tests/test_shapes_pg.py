@@ -218,3 +218,19 @@ def test_touched_tables_and_directive_grammar():
         parse_shape("add t.c expr=1")
     with pytest.raises(DeclarationError, match="unexpected 'bogus'"):
         parse_shape("retype t.c bogus")
+
+
+def test_declared_change_that_did_not_happen_rolls_back(pg_conn):
+    r = pg_runner(pg_conn)
+    base(r)
+    m = migration("002_x", ["CREATE TABLE marker (x int)", "ALTER TABLE orders ALTER COLUMN qty SET DEFAULT 5"],
+                  ["retype orders.qty"])
+    with pytest.raises(MigrationFailed, match=r"migrations/002_x.sql:1: declared change `retype orders.qty` did not "
+                                              r"happen: column qty is still integer"):
+        r.apply(m)
+    assert pg_conn.execute("SELECT to_regclass('marker')").fetchone()[0] is None
+    with pytest.raises(MigrationFailed, match="declared change `rename-table users -> accounts` did not happen: "
+                                              "the table is called people"):
+        r.apply(migration("002_y", "ALTER TABLE users RENAME TO people", ["rename-table users -> accounts"]))
+    with pytest.raises(MigrationFailed, match=r"compat drop: column nope does not exist in orders"):
+        r.apply(migration("002_z", "SELECT 1", ["drop orders.nope"]))
