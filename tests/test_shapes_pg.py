@@ -234,3 +234,18 @@ def test_declared_change_that_did_not_happen_rolls_back(pg_conn):
         r.apply(migration("002_y", "ALTER TABLE users RENAME TO people", ["rename-table users -> accounts"]))
     with pytest.raises(MigrationFailed, match=r"compat drop: column nope does not exist in orders"):
         r.apply(migration("002_z", "SELECT 1", ["drop orders.nope"]))
+
+
+def test_no_compat_and_disabled_turn_auto_mode_off_but_keep_existing_views(pg_conn):
+    r = pg_runner(pg_conn, AUTO)
+    base(r)
+    r.apply(migration("002_add", "ALTER TABLE orders ADD COLUMN status text"))
+    off = pg_runner(pg_conn, Settings(compat=CompatSettings(mode="auto", enabled=False)))
+    off.previous = r.previous
+    off.apply(migration("003_drop", ["ALTER TABLE orders DROP COLUMN note", "ALTER TABLE users ADD COLUMN x int"]))
+    quiet = pg_runner(pg_conn, AUTO, CompatHook(create_shims=False))
+    quiet.previous = off.previous
+    quiet.apply(migration("004_more", "ALTER TABLE users ADD COLUMN y int"))
+    (shim,) = shims_of(pg_conn)
+    assert shim.name == "compat_001.orders"
+    assert shim.shape == {"fills": ["note with NULL::text"], "hides": ["status"]}
