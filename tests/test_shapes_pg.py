@@ -210,7 +210,8 @@ def test_touched_tables_and_directive_grammar():
              Statement("DROP TABLE w", 4)]
     found = [(t.kind, t.schema, t.table) for t in touched_tables(stmts)]
     assert found == [("rename", "s", "t"), ("rename_table", None, "u"), ("drop_table", None, "w")]
-    assert touched_tables([Statement("SELEC nonsense", 1)]) is None
+    assert touched_tables([Statement("ALTER nonsense", 1)]) is None
+    assert touched_tables([Statement("CREATE TABLE a (id int); INSERT INTO a VALUES (1)", 1)]) == []  # not parsed
     d = parse_shape("drop Orders.note window=3d expr=coalesce(a, 'x y')")
     assert (d.kind, d.table, d.column, d.expr, d.window.days) == ("drop", "orders", "note", "coalesce(a, 'x y')", 3)
     assert parse_shape("rename-table s.a -> b").text == "rename-table s.a -> b"
