@@ -1,23 +1,25 @@
-"""The migration hook: verify declared renames, create shims, keep existing shims intact.
+"""The migration hook: open compatibility windows, verify declared changes, keep existing shims.
 
 :class:`CompatHook` runs inside each migration's transaction (see :mod:`runner.hooks`), over the
-database's view builder (:mod:`compat.dialects`):
+database's view builder (:mod:`compat.dialects`). For a transactional migration (the shape path,
+see :mod:`compat.shapes`):
 
 ``before(ctx)``
-    parses the migration's rename declarations and snapshots each declared table's columns, so
-    the shim can present the previous version exactly, even when the same migration adds
-    columns. It then looks for statements that would break an active shim: dropping a column
-    (or table) a shim exposes stops the migration before anything runs, naming the shim and the
-    command that removes it; retyping an exposed column drops the affected shim views so they
-    can be rebuilt afterwards. Python migrations cannot be inspected, so every active shim is
-    rebuilt around them (SQLite rebuilds every shim view around every migration).
+    parses the migration's ``-- compat:`` declarations, learns which existing tables its
+    statements touch (pglast; every table for a Python migration) and snapshots their shapes
+    (columns by attnum, names, types, order), then drops the views of active shims on those
+    tables (SQLite: on every table) so the statements can change them freely.
 ``after(ctx)``
-    checks each declared rename really happened, rebuilds the views dropped in ``before``,
-    checks no other shim view vanished (``DROP ... CASCADE``), then creates the new shims and
-    their registry rows. Any problem raises :class:`runner.errors.MigrationFailed`, which rolls
-    the whole migration back.
+    checks each declared change really happened, rebuilds the dropped views over the new tables
+    in their own version's shape (a dropped column is filled, a retyped one cast back), and for
+    each table whose shape changed (in ``[compat] mode = "auto"``, or when declared) opens a
+    window: a view of the table as it was, for the version just before the migration and for
+    every other version with an open window. Any problem raises
+    :class:`runner.errors.MigrationFailed`, which rolls the whole migration back.
 
-On rollback of a migration, its shims are dropped (and recorded as such) first.
+A non-transactional migration keeps the older path: declared renames only, and a statement that
+would drop or retype a column an active shim exposes is refused before anything runs. On rollback
+of a migration, the shims it created are dropped (and recorded as such) first.
 """
 
 from __future__ import annotations
