@@ -250,3 +250,13 @@ def test_no_compat_and_disabled_turn_auto_mode_off_but_keep_existing_views(pg_co
     (shim,) = shims_of(pg_conn)
     assert shim.name == "compat_001.orders"
     assert shim.shape == {"fills": ["note with NULL::text"], "hides": ["status"]}
+
+
+def test_hidden_not_null_column_without_default_fails_old_writers(pg_conn, pg_url):
+    r = pg_runner(pg_conn, AUTO)
+    r.apply(migration("001_t", "CREATE TABLE t (id serial PRIMARY KEY, a text)"))
+    r.apply(migration("002_add", "ALTER TABLE t ADD COLUMN b text NOT NULL"))  # an empty table allows it
+    with consumer(pg_url, "001") as c:
+        assert [d.name for d in c.execute("SELECT * FROM t").description] == ["id", "a"]
+        with pytest.raises(psycopg.errors.NotNullViolation, match='column "b"'):
+            c.execute("INSERT INTO t (a) VALUES ('x')")
