@@ -78,30 +78,40 @@ def write(folder: Path, files: dict[str, str]) -> Path:
 
 # -- (a) --------------------------------------------------------------------------------------
 def bench_auto_cost(admin_url: str, count: int, rounds: int, noop_runs: int) -> list[list[str]]:
+    """Paired: in each round both modes apply to fresh databases one right after the other (the
+    order alternates), then their no-op `up` runs interleave; verdict = median of per-pair ratios."""
     from runner import commands
+
+    def timed(settings) -> float:
+        started = time.perf_counter()
+        commands.up(settings)
+        return time.perf_counter() - started
 
     with tempfile.TemporaryDirectory() as top:
         folder = write(Path(top) / "m", {f"{i:04d}_t{i}.sql": f"CREATE TABLE t{i} (id int PRIMARY KEY, v text);\n"
                                          for i in range(1, count + 1)})
         apply: dict[str, list[float]] = {"declared": [], "auto": []}
         noop: dict[str, list[float]] = {"declared": [], "auto": []}
+        apply_ratio: list[float] = []
+        noop_ratio: list[float] = []
         for n in range(rounds):
-            for mode in (("declared", "auto") if n % 2 == 0 else ("auto", "declared")):
-                with scratch_database(admin_url) as url:
-                    settings = settings_for(url, folder, mode)
-                    started = time.perf_counter()
-                    result = commands.up(settings)
-                    apply[mode].append(time.perf_counter() - started)
-                    assert len(result.applied) == count and not result.shims
-                    for _ in range(noop_runs):
-                        started = time.perf_counter()
-                        commands.up(settings)
-                        noop[mode].append(time.perf_counter() - started)
+            order = ("declared", "auto") if n % 2 == 0 else ("auto", "declared")
+            with scratch_database(admin_url) as url_a, scratch_database(admin_url) as url_b:
+                settings = {mode: settings_for(url, folder, mode) for mode, url in zip(order, (url_a, url_b))}
+                for mode in order:
+                    apply[mode].append(timed(settings[mode]))
+                apply_ratio.append(apply["auto"][-1] / apply["declared"][-1])
+                for k in range(noop_runs):
+                    for mode in (order if k % 2 == 0 else order[::-1]):
+                        noop[mode].append(timed(settings[mode]))
+                    noop_ratio.append(noop["auto"][-1] / noop["declared"][-1])
     rows = []
-    for label, data, unit in ((f"{count} new-table migrations", apply, 1), ("no-op up", noop, 1000)):
-        d, a = statistics.median(data["declared"]), statistics.median(data["auto"])
+    for label, data, ratios, unit in ((f"{count} new-table migrations", apply, apply_ratio, 1),
+                                      ("no-op up", noop, noop_ratio, 1000)):
         scale = "s" if unit == 1 else "ms"
-        rows.append([label, f"{d * unit:.3f} {scale}", f"{a * unit:.3f} {scale}", f"{(a / d - 1) * 100:+.1f}%"])
+        rows.append([label, f"{statistics.median(data['declared']) * unit:.3f} {scale}",
+                     f"{statistics.median(data['auto']) * unit:.3f} {scale}",
+                     f"{(statistics.median(ratios) - 1) * 100:+.1f}%", str(len(ratios))])
     return rows
 
 
@@ -277,8 +287,11 @@ def main() -> None:
     parts = set(args.only or "abcd")
     print(f"bench_shapes ({'--quick' if quick else 'full'}): N={count}, M={alters}, sizes={sizes}, load={seconds:g}s\n")
     if "a" in parts:
-        print(f"(a) auto mode's cost, median of 3 fresh applies and 27 no-op runs per mode", flush=True)
-        print(table(["case", "declared", "auto", "auto vs declared"], bench_auto_cost(args.admin_url, count, 3, 9)))
+        rounds = 3 if quick else 5
+        print(f"(a) auto mode's cost: {rounds} rounds of paired fresh applies, 9 paired no-op runs per round",
+              flush=True)
+        print(table(["case", "declared (median)", "auto (median)", "auto vs declared (median of pairs)", "pairs"],
+                    bench_auto_cost(args.admin_url, count, rounds, 9)))
         print(flush=True)
     if "b" in parts:
         print(f"(b) {alters} migrations, each altering one of {alters} tables, 3 windows active (ms per migration)",
