@@ -153,3 +153,21 @@ def test_connect_and_route_for_a_pinned_version(story: Path, pg_url: str, make_r
     with psycopg.connect(url_as(pg_url, role), autocommit=True) as c16:
         assert [d.name for d in c16.execute(f"SELECT * FROM {RUNS}").description] == SEEN["016"][RUNS]
         c16.execute(f"INSERT INTO {CATALOG} (workflow_name) VALUES ('routed')")
+
+
+def test_a_window_is_extended_and_dropped_as_a_whole(story: Path, pg_url: str):
+    db = ("--database", pg_url)
+    assert cli(story, "up", *db).returncode == 0
+    before = {e["name"]: e["expires_at"] for e in json.loads(cli(story, "shims", "list", *db, "--format", "json").stdout)}
+    extended = cli(story, "shims", "extend", "compat_016", "--by", "7d", "--reason", "billing still on 016", *db)
+    assert extended.returncode == 0, extended.stderr
+    after = {e["name"]: e for e in json.loads(cli(story, "shims", "list", *db, "--format", "json").stdout)}
+    for name in (f"compat_016.{CATALOG}", f"compat_016.{RUNS}"):
+        assert after[name]["expires_at"] > before[name] and after[name]["extensions"][0]["reason"] == "billing still on 016"
+    assert after[f"compat_017.{CATALOG}"]["expires_at"] == before[f"compat_017.{CATALOG}"]
+    dropped = cli(story, "shims", "drop", "compat_016", "--reason", "016 retired", *db, "--format", "json")
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads(dropped.stdout)["schemas_dropped"] == ["compat_016"]
+    statuses = {e["name"]: e["status"] for e in json.loads(cli(story, "shims", "list", *db, "--format", "json").stdout)}
+    assert statuses[f"compat_016.{CATALOG}"] == statuses[f"compat_016.{RUNS}"] == "dropped"
+    assert statuses[f"compat_017.{CATALOG}"] == "active"
