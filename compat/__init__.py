@@ -1,12 +1,13 @@
-"""Compatibility shims for declared column renames.
+"""Compatibility windows: consumers pinned at a version keep seeing its tables' shapes.
 
-A migration that renames a column declares it (``-- compat: rename
-table.old -> new window=14d``, :func:`compat.python.rename_column` in a ``.py``
-migration, or a ``[[renames]]`` config entry). The :class:`compat.hook.CompatHook`
-verifies the rename and, in the same transaction, creates a view with the
-previous version's exact shape in a per-version compat schema (PostgreSQL) or a
-view named by a template (SQLite), and records it in the ``_migrate_shims``
-registry. :mod:`compat.lifecycle` lists, audits, extends and drops shims; :mod:`compat.routes`
+A migration that changes the shape of an existing table (a column added, renamed, dropped or
+retyped, a table renamed) declares it (``-- compat: rename table.old -> new window=14d``, ``add``,
+``drop``, ``retype``, ``rename-table``; :func:`compat.python.rename_column` in a ``.py``
+migration; ``[[renames]]`` config entries), or, with ``[compat] mode = "auto"``, needs no
+declaration. The :class:`compat.hook.CompatHook` verifies declared changes and, in the same
+transaction, gives every open window (a per-version compat schema on PostgreSQL, views named by a
+template on SQLite) a view of the table in that version's exact shape (:mod:`compat.shapes`),
+and records each in the ``_migrate_shims`` registry. :mod:`compat.lifecycle` lists, audits, extends and drops shims; :mod:`compat.routes`
 routes lagging consumers to them.
 
 This package import is deliberately cheap: nothing here imports psycopg or pglast; the

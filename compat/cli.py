@@ -60,16 +60,16 @@ def _shim_rows(shims: list[Any], now: datetime) -> list[list[str]]:
         expiry = _when(s.expires_at)
         if s.status == "active":
             expiry += f" ({lifecycle.describe_delta(s.expires_at - now)})"
-        rows.append([s.name, s.table, f"{s.old} -> {s.new}", s.as_of, s.status, expiry])
+        rows.append([s.name, s.table, s.presents, s.as_of, s.status, expiry])
     return rows
 
 
-_HEADERS = ["NAME", "TABLE", "RENAME", "VERSION", "STATUS", "EXPIRES"]
+_HEADERS = ["NAME", "TABLE", "PRESENTS", "VERSION", "STATUS", "EXPIRES"]
 
 
 @click.group("shims")
 def shims() -> None:
-    """Compatibility shims for declared renames (views presenting an older version's columns)."""
+    """Compatibility shims: views presenting an older version's shape of a changed table."""
 
 
 @shims.command("list")
@@ -77,7 +77,8 @@ def shims() -> None:
               help="Which shims to show.")
 @click.pass_obj
 def list_command(inv: Any, status: str) -> int:
-    """Every shim in the registry: name, table, old -> new, version, status, expiry."""
+    """Every shim in the registry: name, table, what it presents (renames, hides, casts, fills),
+    version, status, expiry."""
     with inv.open_database(read_only=True) as db:
         found = lifecycle.list_shims(db, None if status == "all" else status)
         now = db.now()
@@ -122,7 +123,7 @@ def drop(inv: Any, names: tuple[str, ...], expired: bool, force: bool, reason: s
     with inv.open_database() as db:
         report = lifecycle.drop(db, names, expired=expired, force=force, reason=reason,
                                 lock_timeout=inv.settings.lock_timeout, lock_wait=inv.settings.lock_wait)
-    lines = [f"dropped {s.name} ({s.table} {s.old} -> {s.new})" for s in report.dropped] or ["nothing to drop"]
+    lines = [f"dropped {s.name} ({s.change})" for s in report.dropped] or ["nothing to drop"]
     lines += [f"dropped schema {schema}" for schema in report.schemas_dropped]
     lines += [f"restored search_path of role {r.role} (was routed to {r.compat_schema})" for r in report.routes_undone]
     lines += [f"forced past: {s.describe()}" for s in report.sessions]

@@ -1,8 +1,21 @@
-"""Declared renames: parse ``-- compat:`` directives and ``[[renames]]`` config entries.
+"""Declared shape changes: parse ``-- compat:`` directives and ``[[renames]]`` config entries.
 
 Grammar of a directive value (the text after ``-- compat:``)::
 
-    rename [SCHEMA.]TABLE.OLD -> NEW [window=DURATION | until=DATE] [expose=old|both]
+    rename       [SCHEMA.]TABLE.OLD -> NEW [window=DURATION | until=DATE] [expose=old|both]
+    add          [SCHEMA.]TABLE.COLUMN     [window=DURATION | until=DATE]
+    drop         [SCHEMA.]TABLE.COLUMN     [window=DURATION | until=DATE] [refuse] [expr=SQL...]
+    retype       [SCHEMA.]TABLE.COLUMN     [window=DURATION | until=DATE] [expr=SQL...]
+    rename-table [SCHEMA.]OLD -> NEW       [window=DURATION | until=DATE]
+
+``rename`` declares a column rename (:class:`RenameDeclaration`); the other verbs declare the
+other shape changes of an existing table (:class:`ShapeDeclaration`): each opens a compatibility
+window for the table, so consumers pinned at earlier versions keep seeing it as they knew it.
+``expr=`` must come last and takes the rest of the line: the SQL expression (over the table's
+columns after the migration) that older versions read in place of a dropped column (default
+``NULL``) or of a retyped one (default: the column cast back to its old type); the result is
+cast to the column's old type. ``refuse`` (drop only) makes the migration fail while an active
+shim still shows the column, instead of filling it.
 
 Identifiers follow PostgreSQL's rules:
 
@@ -88,6 +101,58 @@ class RenameDeclaration:
 
     def expires_at(self, start: datetime, default_window: timedelta) -> datetime:
         """When a shim created at ``start`` for this declaration expires."""
+        if self.until is not None:
+            return self.until
+        return start + (self.window if self.window is not None else default_window)
+
+
+SHAPE_VERBS = ("add", "drop", "retype", "rename-table")
+
+
+@dataclass(frozen=True)
+class ShapeDeclaration:
+    """One declared shape change other than a column rename (see the module docstring).
+
+    ``column`` is the column (None for rename-table), ``new`` the new table name (rename-table),
+    ``expr`` the SQL older versions read instead (drop/retype), ``refuse`` (drop): fail instead
+    of filling a column an active shim shows.
+    """
+
+    kind: str
+    table: str
+    schema: str | None = None
+    column: str | None = None
+    new: str | None = None
+    expr: str | None = None
+    refuse: bool = False
+    window: timedelta | None = None
+    until: datetime | None = None
+    migration_id: str = ""
+    source: str = ""
+
+    @property
+    def qualified_table(self) -> str:
+        parts = [self.schema, self.table] if self.schema else [self.table]
+        return ".".join(quote_ident(p) for p in parts)
+
+    @property
+    def text(self) -> str:
+        """The canonical directive text."""
+        if self.kind == "rename-table":
+            words = [f"rename-table {self.qualified_table} -> {quote_ident(self.new or '')}"]
+        else:
+            words = [f"{self.kind} {self.qualified_table}.{quote_ident(self.column or '')}"]
+        if self.window is not None:
+            words.append(f"window={format_duration(self.window)}")
+        if self.until is not None:
+            words.append(f"until={self.until.isoformat()}")
+        if self.refuse:
+            words.append("refuse")
+        if self.expr is not None:
+            words.append(f"expr={self.expr}")
+        return " ".join(words)
+
+    def expires_at(self, start: datetime, default_window: timedelta) -> datetime:
         if self.until is not None:
             return self.until
         return start + (self.window if self.window is not None else default_window)
@@ -234,7 +299,9 @@ def parse_rename(value: str, migration_id: str = "", source: str = "") -> Rename
     text = value.strip()
     verb, _, rest = text.partition(" ")
     if verb != "rename":
-        raise DeclarationError(f"unknown compat directive {verb or text!r} (expected: rename TABLE.OLD -> NEW window=14d)")
+        raise DeclarationError(
+            f"unknown compat directive {verb or text!r} (expected one of rename, add, drop, retype, rename-table; "
+            "e.g. rename TABLE.OLD -> NEW window=14d)")
     start = len(text) - len(rest)
     pos = _skip_spaces(text, start)
     parts, pos = _dotted(text, pos)
@@ -270,6 +337,82 @@ def parse_rename(value: str, migration_id: str = "", source: str = "") -> Rename
         table=table, old=old, new=new, schema=schema, migration_id=migration_id, source=source,
         **_options(pairs),
     )
+
+
+def parse_shape(value: str, migration_id: str = "", source: str = "") -> ShapeDeclaration:
+    """Parse an ``add``/``drop``/``retype``/``rename-table`` directive value."""
+    text = value.strip()
+    verb, _, rest = text.partition(" ")
+    if verb not in SHAPE_VERBS:
+        raise DeclarationError(f"unknown compat directive {verb!r} (expected one of rename, {', '.join(SHAPE_VERBS)})")
+    expr: str | None = None
+    marker = re.search(r"(^|\s)expr=", text)
+    if marker:
+        if verb not in ("drop", "retype"):
+            raise DeclarationError(f"expr= is for drop and retype, not {verb}")
+        expr = text[marker.end():].strip()
+        if not expr:
+            raise DeclarationError("option expr= needs a value (an SQL expression, the rest of the line)")
+        text = text[:marker.start()]
+    start = len(verb)
+    pos = _skip_spaces(text, start)
+    parts, pos = _dotted(text, pos)
+    new: str | None = None
+    column: str | None = None
+    if verb == "rename-table":
+        if len(parts) not in (1, 2):
+            raise DeclarationError(f"expected [schema.]table before '->', got {text[start:pos].strip()!r}")
+        pos = _skip_spaces(text, pos)
+        if not text.startswith("->", pos):
+            raise DeclarationError(f"expected '->' at column {pos + 1}, found {text[pos:pos + 12] or 'end of line'!r}")
+        new, pos = _identifier(text, _skip_spaces(text, pos + 2))
+        table_parts = parts
+    else:
+        if len(parts) not in (2, 3):
+            raise DeclarationError(f"expected [schema.]table.column after {verb}, got {text[start:pos].strip()!r}")
+        *table_parts, column = parts
+    if text[pos:] and not text[pos].isspace():
+        raise DeclarationError(f"expected a space at column {pos + 1}")
+    pairs: dict[str, str] = {}
+    refuse = False
+    for word in text[pos:].split():
+        if word == "refuse" and verb == "drop":
+            refuse = True
+            continue
+        match = _OPTION.fullmatch(word)
+        if not match or match.group(1) not in ("window", "until"):
+            extra = ", refuse, expr=" if verb == "drop" else ", expr=" if verb == "retype" else ""
+            raise DeclarationError(f"unexpected {word!r} (options are window=, until={extra})")
+        key, val = match.groups()
+        if key in pairs:
+            raise DeclarationError(f"option {key}= given twice")
+        if not val:
+            raise DeclarationError(f"option {key}= needs a value")
+        pairs[key] = val
+    schema, table = (table_parts if len(table_parts) == 2 else [None, table_parts[0]])
+    if new is not None and new == table:
+        raise DeclarationError(f"old and new names are the same ({table!r})")
+    return ShapeDeclaration(kind=verb, table=table, schema=schema, column=column, new=new, expr=expr, refuse=refuse,
+                            migration_id=migration_id, source=source, **_options(pairs))
+
+
+def is_rename(value: str) -> bool:
+    """Whether a directive value is a column rename (the other verbs are shape declarations)."""
+    return value.strip().partition(" ")[0] not in SHAPE_VERBS
+
+
+def shape_declarations(migration: MigrationFile) -> list[ShapeDeclaration]:
+    """The add/drop/retype/rename-table directives of ``migration``; MigrationFileError for a bad one."""
+    found: list[ShapeDeclaration] = []
+    for directive in migration.directives_named("compat"):
+        if is_rename(directive.value):
+            continue
+        source = f"{migration.path}:{directive.line}" if directive.line else migration.path
+        try:
+            found.append(parse_shape(directive.value, migration.id, source))
+        except DeclarationError as err:
+            raise MigrationFileError(migration.path, f"compat: {err}", directive.line or None) from None
+    return found
 
 
 def parse_config_entry(entry: dict[str, Any], index: int, where: str) -> RenameDeclaration:
@@ -312,6 +455,8 @@ def declarations_from(migration: MigrationFile, renames: Sequence[dict[str, Any]
     """:func:`declarations_for` with the ``[[renames]]`` entries given directly (``where`` names their file)."""
     found: list[RenameDeclaration] = []
     for directive in migration.directives_named("compat"):
+        if not is_rename(directive.value):
+            continue
         source = f"{migration.path}:{directive.line}" if directive.line else migration.path
         try:
             found.append(parse_rename(directive.value, migration.id, source))
@@ -352,6 +497,8 @@ def declared_renames(migration: MigrationFile, renames: Sequence[dict[str, Any]]
     raising (`migrate up` and `lint` report those)."""
     found: list[RenameDeclaration] = []
     for directive in migration.directives_named("compat"):
+        if not is_rename(directive.value):
+            continue
         try:
             found.append(parse_rename(directive.value, migration.id))
         except DeclarationError:

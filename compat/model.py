@@ -65,7 +65,32 @@ class Shim:
     def exposed(self) -> tuple[str, ...]:
         """The base-table column names the view presents (its old names mapped through the renames)."""
         renames = {r["old"]: r["new"] for r in self.renames} or {self.old: self.new}
-        return tuple(dict.fromkeys(renames.get(c["name"], c["name"]) for c in self.columns))
+        return tuple(dict.fromkeys(c.get("base") or renames.get(c["name"], c["name"]) for c in self.view_columns
+                                   if c.get("show", "column") in ("column", "rename", "cast")))
+
+    @property
+    def view_columns(self) -> list[dict[str, Any]]:
+        """The view's own columns (the column map without the table's hidden columns)."""
+        return [c for c in self.columns if not c.get("hidden")]
+
+    @property
+    def shape(self) -> dict[str, list[str]]:
+        """What the view hides, renames, casts and fills (see compat.shapes.describe)."""
+        from compat.shapes import describe
+
+        return describe(self.columns)
+
+    @property
+    def presents(self) -> str:
+        """What the view does to the table, in words: ``renames a as b; hides c; fills d with NULL::text``."""
+        if not self.shape:
+            return f"{self.old} -> {self.new}" if self.old else "-"
+        return "; ".join(f"{verb} {', '.join(items)}" for verb, items in self.shape.items())
+
+    @property
+    def change(self) -> str:
+        """The shim's change for messages: ``table.old -> new`` for a rename, else what it presents."""
+        return f"{self.table}.{self.old} -> {self.new}" if self.old else f"{self.table}: {self.presents}"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``shims list`` prints."""
@@ -75,7 +100,7 @@ class Shim:
             "migration": self.migration_id, "created_at": _iso(self.created_at), "created_by": self.created_by,
             "created_client": self.created_client, "expires_at": _iso(self.expires_at), "status": self.status,
             "dropped_at": _iso(self.dropped_at), "dropped_by": self.dropped_by, "reason": self.reason,
-            "extensions": self.extensions,
+            "extensions": self.extensions, "shape": self.shape,
         }
 
 

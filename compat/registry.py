@@ -131,6 +131,14 @@ class Registry:
                                (status,) if status else ()).fetchall()
         return [self._shim(r) for r in rows]
 
+    def view_names(self, compat_schema: str) -> set[str]:
+        """The views the registry ever placed in ``compat_schema`` (one indexed-size query, no JSON)."""
+        if not self.exists():
+            return set()
+        rows = self.db.execute(f"SELECT DISTINCT view_name FROM {self._table} WHERE compat_schema = %s",
+                               (compat_schema,)).fetchall()
+        return {r[0] for r in rows}
+
     def mark_dropped(self, shim: Shim, reason: str | None) -> Shim:
         """Set status dropped, dropped_at (now), dropped_by and reason."""
         self.db.execute(
@@ -150,3 +158,14 @@ class Registry:
         """Replace the column map (SQLite: after a declared rename of an exposed column)."""
         self.db.execute(f"UPDATE {self._table} SET columns = {self._json()} WHERE id = %s",
                         (json.dumps(columns), shim.id))
+
+    def set_shape(self, shim: Shim, columns: list[dict[str, Any]], renames: list[dict[str, str]],
+                  table_name: str | None = None) -> Shim:
+        """Replace the column map and the renames (and the table's name, after a table rename) once a
+        shim view was rebuilt around a migration."""
+        self.db.execute(
+            f"UPDATE {self._table} SET columns = {self._json()}, renames = {self._json()}, old_name = %s, new_name = %s, "
+            "table_name = %s WHERE id = %s",
+            (json.dumps(columns), json.dumps(renames), ", ".join(r["old"] for r in renames),
+             ", ".join(r["new"] for r in renames), table_name or shim.table_name, shim.id))
+        return self.get(shim.id)

@@ -102,7 +102,8 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
         if not all_files and not paths:
             applied = {a.migration_id for a in history.read_applied(db)}
             migrations = [m for m in migrations if m.id not in applied]
-    return lint_migrations(migrations, settings.lint_disable, settings.renames, shims, server_version)
+    return lint_migrations(migrations, settings.lint_disable, settings.renames, shims, server_version,
+                           settings.compat.mode)
 
 
 @click.command()

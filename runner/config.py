@@ -37,7 +37,8 @@ _TOP_KEYS = {
     "database", "migrations", "schema", "lock_timeout", "lock_wait", "lock_retries",
     "format", "log_format", "compat", "renames", "lint", "environments", "pooler", "lock_lease",
 }
-_COMPAT_KEYS = {"enabled", "default_window", "max_window", "schema_template", "sqlite_view_template"}
+_COMPAT_KEYS = {"enabled", "default_window", "max_window", "schema_template", "sqlite_view_template", "mode"}
+COMPAT_MODES = ("declared", "auto")
 _RENAME_KEYS = {"migration", "table", "old", "new", "window", "until", "expose"}
 _RENAME_REQUIRED = ("migration", "table", "old", "new")
 _LINT_KEYS = {"disable"}
@@ -58,6 +59,9 @@ class CompatSettings:
     schema_template: str = "compat_{version}"
     # SQLite has no schemas: a shim is a view named after this template.
     sqlite_view_template: str = "{table}__v{version}"
+    # "declared": windows only for changes declared with -- compat: directives; "auto": for every
+    # shape change of an existing table a transactional migration makes (compat.shapes).
+    mode: str = "declared"
 
 
 @dataclass
@@ -212,6 +216,8 @@ def load_settings(
         if expected is str:
             check_text(value, key, f"{where}: [compat] {key}")
         setattr(settings.compat, key, value)
+    if compat.get("mode", "declared") not in COMPAT_MODES:
+        raise ConfigError(f"{where}: [compat] mode: expected one of {', '.join(COMPAT_MODES)}, got {compat['mode']!r}")
     for key, fields in (("schema_template", {"version"}), ("sqlite_view_template", {"table", "version"})):
         if key in compat:
             _check_template(compat[key], fields, f"{where}: [compat] {key}", required=fields)

@@ -237,7 +237,7 @@ def shim_findings(db: Database, settings: Any) -> list[Finding]:
         if shim.expired(now):
             out.append(Finding(
                 "shim-expired", shim.name,
-                f"shim {shim.name} ({shim.table}.{shim.old} -> {shim.new}"
+                f"shim {shim.name} ({shim.change}"
                 f"{', schema ' + shim.compat_schema if shim.compat_schema else ''}) expired at {shim.expires_at}: "
                 "consumers still reading the old names must have moved by now",
                 f"`migrate shims drop {shim.name}` once nobody uses it (`migrate shims audit` shows who), or "

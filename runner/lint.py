@@ -24,6 +24,18 @@ Rules (all errors unless noted):
 ``set-not-null``
     ``ALTER COLUMN ... SET NOT NULL`` on an existing table: a full scan under an
     ACCESS EXCLUSIVE lock.
+``shape-change-without-window`` (warning)
+    In ``[compat] mode = "declared"``: ``ADD COLUMN``, ``DROP COLUMN`` or ``ALTER COLUMN ... TYPE`` on
+    an existing table with no ``-- compat: add|drop|retype`` directive for it: consumers pinned at
+    earlier versions (``search_path=compat_V,public``) see the change at commit. The fix is the
+    directive to add (``mode = "auto"`` opens these windows without directives).
+``hidden-column-needs-default`` (warning)
+    ``ALTER COLUMN ... DROP DEFAULT`` on an existing table: compat views hide columns added after a
+    version, so that version's inserts cannot supply a NOT NULL column without its default (an
+    ``ADD COLUMN ... NOT NULL`` without ``DEFAULT`` is ``not-null-without-default``, which says so).
+``drop-table`` (warning)
+    ``DROP TABLE`` of an existing table: it cannot be shimmed, consumers pinned at earlier versions
+    lose it at commit.
 ``non-transactional-statement``
     A statement PostgreSQL refuses inside a transaction block (``CREATE INDEX
     CONCURRENTLY``, ``DROP INDEX CONCURRENTLY``, ``REINDEX ... CONCURRENTLY``,
@@ -59,6 +71,9 @@ RULES: dict[str, str] = {
     "not-null-without-default": "ADD COLUMN ... NOT NULL without DEFAULT fails on a non-empty table",
     "set-not-null": "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock",
     "non-transactional-statement": "a statement PostgreSQL refuses inside a transaction block",
+    "shape-change-without-window": "a shape change of an existing table with no compat window (declared mode)",
+    "hidden-column-needs-default": "a column hidden from older versions' views needs a default for their inserts",
+    "drop-table": "a dropped table cannot be shimmed: pinned consumers lose it",
 }
 
 _DISABLE = re.compile(r"^\s*--\s*lint\s*:\s*disable\s*=\s*(?P<rules>[A-Za-z0-9_,\s-]+?)\s*$", re.M)
@@ -166,8 +181,10 @@ class _Linter:
     """Lints the statements of one migration."""
 
     def __init__(self, migration: MigrationFile, disabled: set[str], declared: set[tuple[str, str, str]],
-                 shims: Sequence[Shim], server_version: int | None) -> None:
+                 shims: Sequence[Shim], server_version: int | None, compat_mode: str | None = None) -> None:
         self.m = migration
+        self.compat_mode = compat_mode
+        self.windows = _declared_shapes(migration)
         self.disabled = disabled
         self.declared = declared
         self.shims = shims
@@ -188,6 +205,16 @@ class _Linter:
             if shim.table_name == table and (column is None or column in shim.exposed):
                 return shim
         return None
+
+    def window(self, line: int, kind: str, rel: Any, column: str, what: str) -> None:
+        """shape-change-without-window for ``kind`` (add/drop/retype) of ``rel.column`` when undeclared."""
+        if self.compat_mode != "declared" or not self.existing(rel) or (kind, _relname(rel), column) in self.windows:
+            return
+        self.add("shape-change-without-window", line,
+                 f"{what} {_relname(rel)}.{column} with no compat window: consumers pinned at earlier versions "
+                 "see the change at commit",
+                 f"add to the migration's header: `-- compat: {kind} {_qualified(rel)}.{column} window=14d` "
+                 "(or set [compat] mode = \"auto\")", "warning")
 
     def non_tx(self, line: int, what: str, severity: str = "error", extra: str = "") -> None:
         if not self.m.transactional:
@@ -227,6 +254,13 @@ class _Linter:
             if stmt.removeType == OT.OBJECT_TABLE:
                 for obj in stmt.objects or ():
                     table = getattr(obj[-1], "sval", None)
+                    if table and table not in self.created and self.compat_mode is not None:
+                        self.add("drop-table", line,
+                                 f"DROP TABLE {table}: a dropped table cannot be shimmed; consumers pinned at earlier "
+                                 "versions (compat schemas) lose it at commit",
+                                 f"stop every consumer reading {table} first (`migrate verify --consumer` with their "
+                                 "contracts), or rename it away (`ALTER TABLE ... RENAME TO`, shimmed) and drop it "
+                                 "after the window", "warning")
                     shim = self.shim_exposing(table, None) if table else None
                     if shim:
                         self.add("shim-exposed-column", line,
@@ -264,7 +298,7 @@ class _Linter:
         if stmt.renameType == OT.OBJECT_COLUMN and stmt.relationType in (OT.OBJECT_TABLE, OT.OBJECT_FOREIGN_TABLE):
             if not self.existing(stmt.relation):
                 return
-            if (table, stmt.subname, stmt.newname) in self.declared:
+            if (table, stmt.subname, stmt.newname) in self.declared or self.compat_mode == "auto":
                 return
             self.add("rename-without-compat", line,
                      f"column {table}.{stmt.subname} renamed to {stmt.newname} with no compat declaration: "
@@ -274,12 +308,15 @@ class _Linter:
         elif stmt.renameType in (OT.OBJECT_TABLE, OT.OBJECT_VIEW) and stmt.relation is not None:
             if not self.existing(stmt.relation):
                 return
+            if stmt.renameType == OT.OBJECT_TABLE and (
+                    self.compat_mode == "auto" or ("rename-table", table, stmt.newname) in self.windows):
+                return
             self.add("rename-without-compat", line,
                      f"table {table} renamed to {stmt.newname}: every consumer still using {table} breaks at "
-                     "commit, and compat shims cover column renames only",
-                     f"expand/contract instead: keep {table}, create {stmt.newname} (or a view named {table} "
-                     f"over it), move consumers, then drop; or `-- lint: disable=rename-without-compat` "
-                     "if nothing reads it")
+                     "commit",
+                     f"add to the migration's header: `-- compat: rename-table {_qualified(stmt.relation)} -> "
+                     f"{stmt.newname} window=14d` (a view under the old name for pinned consumers), or "
+                     "`-- lint: disable=rename-without-compat` if nothing reads it")
 
     def alter_table(self, stmt: Any, line: int, AT: Any) -> None:
         from pglast import ast, enums
@@ -297,9 +334,17 @@ class _Linter:
                 if not_null and not filled:
                     self.add("not-null-without-default", line,
                              f"ADD COLUMN {table}.{col.colname} NOT NULL without DEFAULT fails as soon as "
-                             f"{table} has a row",
+                             f"{table} has a row (and compat views hide it from older versions, so their inserts "
+                             "would fail too)",
                              f"add a DEFAULT (constant defaults are metadata-only since PostgreSQL 11), or add "
                              f"{col.colname} nullable, backfill it, then enforce NOT NULL in a later migration")
+                self.window(line, "add", stmt.relation, col.colname, "ADD COLUMN")
+            elif cmd.subtype == AT.AT_ColumnDefault and cmd.def_ is None and existing:
+                self.add("hidden-column-needs-default", line,
+                         f"ALTER COLUMN {table}.{cmd.name} DROP DEFAULT: if the column is NOT NULL and hidden from "
+                         "older versions' compat views, their inserts fail from now on",
+                         "keep the default while any compat window on the table is open (`migrate shims list`)",
+                         "warning")
             elif cmd.subtype == AT.AT_SetNotNull and existing:
                 self.add("set-not-null", line,
                          f"SET NOT NULL on {table}.{cmd.name} scans the whole table under an ACCESS EXCLUSIVE "
@@ -316,14 +361,33 @@ class _Linter:
                              f"schema {shim.compat_schema}",
                              f"wait until consumers leave {shim.compat_schema}, then `migrate shims drop {shim.name}` "
                              "before this migration")
+                kind = "drop" if cmd.subtype == AT.AT_DropColumn else "retype"
+                self.window(line, kind, stmt.relation, cmd.name,
+                            "DROP COLUMN" if kind == "drop" else "ALTER COLUMN ... TYPE of")
             elif cmd.subtype == AT.AT_DetachPartition and isinstance(cmd.def_, ast.PartitionCmd) \
                     and cmd.def_.concurrent:
                 self.non_tx(line, "DETACH PARTITION ... CONCURRENTLY")
 
 
+def _declared_shapes(migration: MigrationFile) -> set[tuple[str, str, str | None]]:
+    """(kind, table, column or new table name) of the migration's add/drop/retype/rename-table directives."""
+    from compat.declarations import DeclarationError, is_rename, parse_shape
+
+    found: set[tuple[str, str, str | None]] = set()
+    for directive in migration.directives_named("compat"):
+        if is_rename(directive.value):
+            continue
+        try:
+            d = parse_shape(directive.value)
+        except DeclarationError:
+            continue
+        found.add((d.kind, d.table, d.new if d.kind == "rename-table" else d.column))
+    return found
+
+
 def lint_migration(migration: MigrationFile, settings_disable: Sequence[str] = (),
                    renames: Sequence[dict[str, Any]] = (), shims: Sequence[Shim] = (),
-                   server_version: int | None = None) -> list[LintFinding]:
+                   server_version: int | None = None, compat_mode: str | None = None) -> list[LintFinding]:
     """Lint one SQL migration; raise MigrationFileError (exit 2) when pglast cannot parse it."""
     from pglast import parse_sql
     from pglast.parser import ParseError
@@ -333,7 +397,7 @@ def lint_migration(migration: MigrationFile, settings_disable: Sequence[str] = (
     except OSError:
         text = None
     disabled = _file_disables(migration, text) | set(settings_disable)
-    linter = _Linter(migration, disabled, _declared_renames(migration, renames), shims, server_version)
+    linter = _Linter(migration, disabled, _declared_renames(migration, renames), shims, server_version, compat_mode)
     for statement in migration.up:
         # Statement.line is the line of its first non-comment line; the text may start with comments.
         first = statement.line - _leading_comment_lines(statement.sql)
@@ -384,15 +448,17 @@ def _skip_comments(sql: str, offset: int) -> int:
 
 def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Sequence[str] = (),
                     renames: Sequence[dict[str, Any]] = (), shims: Sequence[Shim] = (),
-                    server_version: int | None = None) -> LintReport:
-    """Lint several migrations (Python migrations are listed as skipped)."""
+                    server_version: int | None = None, compat_mode: str | None = None) -> LintReport:
+    """Lint several migrations (Python migrations are listed as skipped). ``compat_mode``: the
+    project's ``[compat] mode`` (the CLI passes it); None leaves compat windows unchecked."""
     check_rule_names(settings_disable, "[lint] disable")
     report = LintReport()
     for migration in migrations:
         if migration.format == "python":
             report.skipped.append(migration.id)
             continue
-        report.findings.extend(lint_migration(migration, settings_disable, renames, shims, server_version))
+        report.findings.extend(lint_migration(migration, settings_disable, renames, shims, server_version,
+                                              compat_mode))
         report.linted.append(migration.id)
     return report
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from compat.declarations import RenameDeclaration
     from compat.model import Route, Shim
     from compat.registry import Registry
+    from compat.shapes import TableShape
     from runner.config import Settings
     from runner.db import Database
     from runner.hooks import MigrationContext
@@ -74,10 +75,37 @@ class ViewBuilder(Protocol):
     def create(self, ctx: MigrationContext, registry: Registry, snap: TableSnapshot, label: str,
                view_columns: list[tuple[str, str]]) -> tuple[str | None, str, list[dict[str, Any]]]: ...
 
+    # shapes (compat.shapes): every shape change presented per pinned version
+    shapes: bool
+    rebuild_all: bool  # every shim view is dropped before a migration and rebuilt after it
+
+    def shape_keys(self, db: Database, names: list[tuple[str | None, str]] | None) -> list[Any]: ...
+    def shapes_of(self, db: Database, keys: list[Any]) -> dict[Any, TableShape]: ...
+    def shapes_after(self, ctx: MigrationContext, before: dict[Any, TableShape]) -> dict[Any, TableShape]: ...
+    def shim_bases(self, db: Database, shims: list[Shim]) -> dict[int, Any]: ...
+    def detach(self, db: Database, shims: list[Shim]) -> None: ...
+    def relation_exists(self, db: Database, schema: str, view: str) -> bool: ...
+    def comment(self, name: str, as_of: str, migration_id: str) -> str: ...
+    def build_shape(self, db: Database, *, schema: str | None, view: str, table: TableShape,
+                    entries: list[dict[str, Any]], comment: str = "") -> list[dict[str, Any]]: ...
+
     # the shim commands
     def drop(self, db: Database, shim: Shim) -> str | None: ...
     def sessions_using(self, db: Database, shims: list[Shim], routes: list[Route]) -> tuple[list[Session], list[str]]: ...
     def foreign_objects(self, db: Database, settings: Settings, registry: Registry) -> list[tuple[str, str]]: ...
+
+
+def drop_command(shim: Shim) -> str:
+    """The command that removes ``shim`` (quoted for a shell where its name needs it)."""
+    return f"migrate shims drop '{shim.name}'" if any(c in shim.name for c in ' "$') else f"migrate shims drop {shim.name}"
+
+
+def blocked(where: str, what: str, shims: list[Shim]) -> str:
+    """The refusal of a migration that would remove what active ``shims`` expose."""
+    listed = ", ".join(f"{s.name} (version {s.as_of}, expires {s.expires_at:%Y-%m-%d %H:%M} UTC)" for s in shims)
+    commands = "; ".join(drop_command(s) for s in shims)
+    return (f"{where}: the migration {what}, which active shim {listed} exposes; nothing was applied. "
+            f"Drop the shim first ({commands}) or wait until its consumers have moved on")
 
 
 def for_database(db: Database) -> ViewBuilder:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from compat.declarations import RenameDeclaration, quote_ident
-from compat.dialects import Session, TableSnapshot
+from compat.dialects import Session, TableSnapshot, blocked, drop_command
+from compat.shapes import ColumnShape, TableShape, compose, stored
 from compat.model import Route, Shim
 from runner.errors import MigrationFailed, UntrustedObject
 
@@ -114,13 +115,10 @@ def _sql() -> Any:
     return sql
 
 
-def drop_command(shim: Shim) -> str:
-    return f"migrate shims drop '{shim.name}'" if any(c in shim.name for c in ' "$') else f"migrate shims drop {shim.name}"
-
-
 class PostgresShims:
     name = "postgresql"
     search_path = True  # consumers reach shims through their search_path (compat schemas, routable by role)
+    shapes = True  # every shape change is presented per pinned version (compat.shapes)
 
     # -- naming ------------------------------------------------------------------------
     def location(self, settings: Settings, table: str, version: str) -> tuple[str | None, str]:
@@ -220,7 +218,7 @@ class PostgresShims:
         found = []
         if owner[0] not in trusted:
             found.append(f"schema {schema} is owned by role {owner[1]}")
-        ours = {s.view_name for s in registry.shims() if s.compat_schema == schema}
+        ours = registry.view_names(schema)
         union = " UNION ALL ".join(
             f"SELECT '{kind}', {name}::pg_catalog.text FROM {catalog} WHERE {column} = "
             "(SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %s)"
@@ -273,7 +271,9 @@ class PostgresShims:
             table = self.table_by_oid(db, bases[(schema, shim.view_name)]) if (schema, shim.view_name) in bases else None
             if table is not None:
                 self.grant_like_table(db, schema=schema, view=shim.view_name, table=table,
-                                      columns=[(c["name"], c["attnum"]) for c in shim.columns])
+                                      columns=[(c["name"], c["attnum"]) for c in shim.columns
+                                               if c.get("show", "column") in ("column", "rename")
+                                               and not c.get("hidden")])
 
     # -- views ---------------------------------------------------------------------------
     def create_view(self, db: Database, *, schema: str, view: str, table: TableRef, columns: list[tuple[str, int]],
@@ -502,6 +502,103 @@ class PostgresShims:
             raise MigrationFailed(lost_column(first, gone.view_column, version)) from None
         return schema, view, [{"name": n, "attnum": a} for n, a in columns]
 
+    # -- shapes (compat.shapes) -----------------------------------------------------------
+    def tables_for(self, db: Database, names: list[tuple[str | None, str]] | None) -> list[TableRef]:
+        """The existing tables named (schema or the migrations' search_path); ``None``: every table
+        of the migrations' schemas (a migration whose statements cannot be read)."""
+        if names is None:
+            rows = db.execute(self._TABLE + "WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s::pg_catalog.text[]) "
+                              "ORDER BY c.oid", (self.migration_schemas(db),)).fetchall()
+            return [TableRef(*r) for r in rows]
+        found: dict[int, TableRef] = {}
+        for schema, table in dict.fromkeys(names):
+            ref = self.find_table(db, schema, table)
+            if ref is not None:
+                found.setdefault(ref.oid, ref)
+        return list(found.values())
+
+    def shapes_of(self, db: Database, oids: list[int]) -> dict[int, TableShape]:
+        """The shape of each existing table of ``oids`` (one catalog query)."""
+        if not oids:
+            return {}
+        rows = db.execute(
+            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), "
+            "pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attnotnull "
+            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE c.oid = ANY(%s::pg_catalog.oid[]) AND c.relkind IN ('r', 'p') ORDER BY c.oid, a.attnum",
+            (list(oids),)).fetchall()
+        out: dict[int, TableShape] = {}
+        for oid, schema, name, attnum, attname, typ, default, generated, not_null in rows:
+            shape = out.setdefault(oid, TableShape(oid, schema, name))
+            if attnum is not None:
+                shape.columns.append(ColumnShape(attnum, attname, typ, default, generated, not_null))
+        return out
+
+    def shim_bases(self, db: Database, shims: list[Shim]) -> dict[int, int]:
+        """shim id -> oid of the table its view reads (shims whose view exists)."""
+        bases = self.view_bases(db, [(s.compat_schema or "", s.view_name) for s in shims if s.compat_schema])
+        return {s.id: bases[(s.compat_schema or "", s.view_name)] for s in shims
+                if (s.compat_schema or "", s.view_name) in bases}
+
+    def detach(self, db: Database, shims: list[Shim]) -> None:
+        """Drop the views of ``shims`` (kept schemas) so the migration can change their tables freely."""
+        for shim in shims:
+            self.drop_view(db, shim.compat_schema or "", shim.view_name, keep_schema=True)
+
+    def build_shape(self, db: Database, *, schema: str | None, view: str, table: TableShape,
+                    entries: list[dict[str, Any]], comment: str = "") -> list[dict[str, Any]]:
+        """Create ``schema.view`` presenting ``entries`` (a version's columns) over ``table`` as it is
+        now; return the column map to store (how each column is shown, which are hidden)."""
+        sql = _sql()
+        assert schema is not None
+        live = table.by_attnum()
+        ref = self.table_by_oid(db, table.key)
+        assert ref is not None
+        presented, hidden = compose(entries, live)
+        items = []
+        for p in presented:
+            if p.show in ("column", "rename"):
+                source = sql.Identifier(p.base or "")
+            elif p.show == "cast":
+                source = sql.SQL("{}::{}").format(sql.Identifier(p.base or ""), sql.SQL(p.type))
+            elif p.show == "expr":
+                source = sql.SQL("({})::{}").format(sql.SQL(p.expr or "NULL"), sql.SQL(p.type))
+            else:
+                source = sql.SQL("NULL::{}").format(sql.SQL(p.type))
+            items.append(sql.SQL("{} AS {}").format(source, sql.Identifier(p.name)))
+        target = sql.Identifier(schema, view)
+        options = sql.SQL(" WITH (security_invoker = true)") if db.dialect.server_version(db) >= 150000 else sql.SQL("")
+        if self.schema_owner(db, schema) is None:
+            db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        db.execute(sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {}").format(
+            target, options, sql.SQL(", ").join(items), sql.Identifier(ref.schema, ref.name)))
+        plain = [(p.name, p.attnum) for p in presented if p.show in ("column", "rename")]
+        for name, attnum in plain:
+            column = live[attnum]
+            if column.default is not None and not column.generated:
+                db.execute(sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+                    target, sql.Identifier(name), sql.SQL(column.default)))
+        if comment:
+            db.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(target, sql.Literal(comment)))
+        self.grant_like_table(db, schema=schema, view=view, table=ref, columns=plain)
+        return stored(presented, hidden, entries)
+
+    def shape_keys(self, db: Database, names: list[tuple[str | None, str]] | None) -> list[int]:
+        """The oids of the existing tables ``names`` (None: every table of the migrations' schemas)."""
+        return [ref.oid for ref in self.tables_for(db, names)]
+
+    def shapes_after(self, ctx: MigrationContext, before: dict[int, TableShape]) -> dict[int, TableShape]:
+        """The same tables after the statements (oids and attnums survive renames)."""
+        return self.shapes_of(ctx.db, list(before))
+
+    rebuild_all = False  # views on untouched tables survive a migration
+
+    @staticmethod
+    def comment(name: str, as_of: str, migration_id: str) -> str:
+        return comment(name, as_of, migration_id)
+
     # -- who uses a shim ----------------------------------------------------------------------
     def sessions_using(self, db: Database, shims: list[Shim], routes: list[Route]) -> tuple[list[Session], list[str]]:
         """Sessions using ``shims`` (locks on the views; connections of roles routed to their
@@ -581,13 +678,6 @@ def check_columns(group: list[RenameDeclaration], names: set[str], table: str) -
     for new in news:
         if news.count(new) > 1:
             raise MigrationFailed(f"{group[0].source}: compat rename: two columns of {table} renamed to {new}")
-
-
-def blocked(where: str, what: str, shims: list[Shim]) -> str:
-    listed = ", ".join(f"{s.name} (version {s.as_of}, expires {s.expires_at:%Y-%m-%d %H:%M} UTC)" for s in shims)
-    commands = "; ".join(drop_command(s) for s in shims)
-    return (f"{where}: the migration {what}, which active shim {listed} exposes; nothing was applied. "
-            f"Drop the shim first ({commands}) or wait until its consumers have moved on")
 
 
 def lost_column(decl: RenameDeclaration, column: str, version: str) -> str:

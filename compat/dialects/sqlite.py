@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from compat.declarations import RenameDeclaration
 from compat.dialects import Session, TableSnapshot
-from compat.dialects.postgresql import check_columns, drop_command, label, lost_column
+from compat.dialects import drop_command
+from compat.dialects.postgresql import check_columns, label, lost_column
 from compat.model import Route, Shim
+from compat.shapes import ColumnShape, TableShape, compose, stored, touched_tables
 from runner.db import quote_identifier
 from runner.errors import MigrationFailed
 
@@ -63,9 +65,22 @@ def drop_view(db: Database, view: str) -> None:
     db.execute(f"DROP VIEW IF EXISTS {quote_identifier(view)}")
 
 
+def table_shape(db: Database, table: str) -> TableShape | None:
+    """``table``'s shape, its columns keyed by name (SQLite has no stable column ids)."""
+    if not table_exists(db, table):
+        return None
+    rows = db.execute('SELECT name, type, "notnull", dflt_value, hidden FROM pragma_table_xinfo(%s)', (table,)).fetchall()
+    return TableShape(table, None, table, [ColumnShape(name, name, typ or "", default, hidden in (2, 3), bool(nn))
+                                           for name, typ, nn, default, hidden in rows if hidden != 1])
+
+
 class SQLiteShims:
     name = "sqlite"
     search_path = False  # no schemas, no roles: consumers read the shim views by name
+    shapes = True
+    # SQLite rebuilds tables for many ALTER TABLE forms and checks every view when a table is
+    # renamed: every shim view is dropped before a migration and rebuilt after it.
+    rebuild_all = True
 
     def require_ours(self, db: Database, schema: str, registry: Registry, doing: str) -> None:
         """No roles: every object in the file is the file owner's."""
@@ -156,6 +171,85 @@ class SQLiteShims:
             raise MigrationFailed(lost_column(first, lost, version))
         create_view(ctx.db, view=view, table=snap.name, columns=columns)
         return None, view, [{"name": n, "column": c} for n, c in columns]
+
+    # -- shapes (compat.shapes): tables and columns are known by name, followed through the
+    # migration's RENAME statements (a drop plus an add of the same name reads as the same column).
+    def shape_keys(self, db: Database, names: list[tuple[str | None, str]] | None) -> list[str]:
+        if names is None:  # every table but SQLite's and the runner's own (names starting with _)
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()
+            return [r[0] for r in rows if not r[0].startswith(("sqlite_", "_"))]
+        return list(dict.fromkeys(t for schema, t in names if schema in (None, "main") and table_exists(db, t)))
+
+    def shapes_of(self, db: Database, keys: list[str]) -> dict[str, TableShape]:
+        found = {key: table_shape(db, key) for key in keys}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def shapes_after(self, ctx: MigrationContext, before: dict[str, TableShape]) -> dict[str, TableShape]:
+        """The tables of ``before`` after the statements, their columns keyed by their names before."""
+        touches = touched_tables(ctx.migration.statements(ctx.direction)) or []
+        tables = {key: key for key in before}
+        columns: dict[str, dict[str, str]] = {key: {} for key in before}  # table key -> {name before: name now}
+        for t in touches:
+            key = next((k for k, now in tables.items() if now == t.table), None)
+            if key is None:
+                continue
+            if t.kind == "rename_table" and t.detail:
+                tables[key] = t.detail
+            elif t.kind == "rename" and t.column and t.detail:
+                moved = columns[key]
+                old = next((b for b, n in moved.items() if n == t.column), t.column)
+                moved[old] = t.detail
+        out: dict[str, TableShape] = {}
+        for key, shape in before.items():
+            now = table_shape(ctx.db, tables[key])
+            if now is None:
+                continue
+            back = {n: b for b, n in columns[key].items()}
+            names_before = {c.name for c in shape.columns}
+            cols = []
+            for c in now.columns:
+                was = back.get(c.name)
+                if was is None:
+                    was = c.name if c.name in names_before and c.name not in columns[key] else f"+{c.name}"
+                cols.append(ColumnShape(was, c.name, c.type, c.default, c.generated, c.not_null))
+            out[key] = TableShape(key, None, now.name, cols)
+        return out
+
+    def shim_bases(self, db: Database, shims: list[Shim]) -> dict[int, str]:
+        return {s.id: s.table_name for s in shims if s.compat_schema is None}
+
+    def detach(self, db: Database, shims: list[Shim]) -> None:
+        for shim in shims:
+            drop_view(db, shim.view_name)
+
+    def relation_exists(self, db: Database, schema: str | None, view: str) -> bool:
+        return object_exists(db, view)
+
+    @staticmethod
+    def comment(name: str, as_of: str, migration_id: str) -> str:
+        return ""  # SQLite has no comments on views
+
+    def build_shape(self, db: Database, *, schema: str | None, view: str, table: TableShape,
+                    entries: list[dict[str, Any]], comment: str = "") -> list[dict[str, Any]]:
+        """Create the read-only view ``view`` presenting ``entries`` over ``table`` as it is now."""
+        presented, hidden = compose(entries, table.by_attnum())
+        items = []
+        for p in presented:
+            cast = f" AS {p.type})" if p.type else ")"
+            if p.show in ("column", "rename"):
+                source = quote_identifier(p.base or "")
+            elif p.show == "cast":
+                source = f"CAST({quote_identifier(p.base or '')}{cast}"
+            elif p.show == "expr":
+                source = f"CAST(({p.expr}){cast}"
+            else:
+                source = f"CAST(NULL{cast}"
+            items.append(f"{source} AS {quote_identifier(p.name)}")
+        db.execute(f"CREATE VIEW {quote_identifier(view)} AS SELECT {', '.join(items)} FROM {quote_identifier(table.name)}")
+        out = stored(presented, hidden, entries)
+        for p, entry in zip(presented, out):  # the next migration knows the columns by their names now
+            entry["attnum"] = p.base if p.base is not None else f"-{p.name}"
+        return out
 
     # -- the shim commands --------------------------------------------------------------------
     def drop(self, db: Database, shim: Shim) -> str | None:
