@@ -350,6 +350,14 @@ class PostgreSQL:
         return [Blocker(r[0], r[1], r[2], r[3].isoformat() if r[3] else None, r[4].isoformat() if r[4] else None,
                         r[5], r[6]) for r in rows]
 
+    # -- readiness (migrate wait) --------------------------------------------------------
+    def not_ready(self, db: Database) -> str | None:
+        """Why a server that accepts connections cannot be migrated yet (None: it can): a standby,
+        or a server still replaying WAL, accepts no writes; a failover may promote it."""
+        if db.scalar("SELECT pg_catalog.pg_is_in_recovery()"):
+            return "the server is in recovery (a read-only standby): it cannot be migrated until it is promoted"
+        return None
+
     # -- catalog -----------------------------------------------------------------------
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool:
         """No table, view or sequence in any schema but the runner's own tables, no event trigger,

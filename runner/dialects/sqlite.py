@@ -174,6 +174,11 @@ class SQLite:
     def blockers(self, db: Database) -> list[Blocker]:
         return []
 
+    # -- readiness (migrate wait) --------------------------------------------------------
+    def not_ready(self, db: Database) -> str | None:
+        """A file that opens can be migrated."""
+        return None
+
     # -- catalog -----------------------------------------------------------------------
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool:
         return False  # no batches on SQLite: it has no one-query path
