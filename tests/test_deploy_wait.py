@@ -248,3 +248,33 @@ def test_sqlite_wait_never_creates_the_file(tmp_path) -> None:
                      str(ROOT / "migrations"))
     assert ok.returncode == 0, ok.stderr
     assert run_migrate("wait", "--database", f"sqlite:///{path}").returncode == 0
+
+
+def test_backoff_is_capped_and_progress_is_logged_every_few_seconds() -> None:
+    """The library function against a port where nothing listens (real refused connections), with
+    a simulated clock: the sleeps double from 0.25 s up to the 2 s cap, a progress event comes at
+    the first failure and then every 5 simulated seconds, and the timeout raises exit 5."""
+    from datetime import timedelta
+
+    import structlog
+
+    from runner.errors import DatabaseUnreachable
+    from runner.waiting import wait_for_database
+
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/postgres"
+    with structlog.testing.capture_logs() as events, pytest.raises(DatabaseUnreachable) as raised:
+        wait_for_database(url, timeout=timedelta(seconds=20), clock=lambda: now[0], sleep=sleep)
+    assert raised.value.exit_code == 5
+    assert sleeps[:5] == [0.25, 0.5, 1.0, 2.0, 2.0] and max(sleeps) == 2.0
+    assert abs(sum(sleeps) - 20.0) < 1e-9  # the last sleep ends at the deadline, not past it
+    progress = [e["waited_s"] for e in events if e["event"] == "waiting for the database"]
+    assert progress[0] == 0.0 and len(progress) == 4  # at 0 s, then every 5 s: 5.75, 11.75, 17.75
+    assert all(b - a >= 5 for a, b in zip(progress, progress[1:]))
+    assert PASSWORD not in str(raised.value) + repr(events)
