@@ -123,9 +123,14 @@ class Databases:
         dialect = for_url(parse_url(server))
         url = dialect.create_scratch(server, f"{NAME_PREFIX}{uuid.uuid4().hex[:12]}", str(self.directory))
         self._made.append((dialect, url))
-        settings = self.config.settings(url, migrations)
+        from runner.errors import MigrateError
+
         target = to if to is not None else self.config.target
-        applied = commands.up(settings, to=None if target == "head" else target).applied if apply else []
+        try:
+            settings = self.config.settings(url, migrations)
+            applied = commands.up(settings, to=None if target == "head" else target).applied if apply else []
+        except MigrateError as err:  # a bad folder, file or target: one line, as the CLI says it
+            pytest.fail(f"migrate: {err}", pytrace=False)
         return MigratedDatabase(url, list(applied), settings.migrations, settings)
 
     def drop_all(self) -> None:

@@ -101,8 +101,15 @@ def test_marker_and_ini_target(project: pytest.Pytester) -> None:
         @pytest.mark.migrate(to="head")
         def test_marker_head(migrate_database):
             assert migrate_database.applied[-1].startswith("018_")
+
+        @pytest.mark.migrate("999_no_such_version")
+        def test_unknown_version(migrate_database):
+            pass
     """)
-    project.runpytest_subprocess("--strict-markers").assert_outcomes(passed=3)
+    result = project.runpytest_subprocess("--strict-markers")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["migrate: *999_no_such_version*"])
+    assert "Traceback" not in result.stdout.str()
 
 
 def test_sqlite_when_no_server_is_configured(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
