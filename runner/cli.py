@@ -147,13 +147,20 @@ def _env_log_format() -> str:
 @click.option("--lock-wait", metavar="DURATION", help="How long to wait for another runner's lock (default 5m).")
 @click.option("--no-compat", is_flag=True, help="Apply declared renames without creating compatibility shims.")
 @click.option("--lint", "lint", is_flag=True, help="Lint pending migrations first; apply nothing on a lint error.")
+@click.option("--wait", "wait_for", metavar="DURATION",
+              help="First wait up to DURATION for the database (as `migrate wait`); exit 5 after it.")
 @click.pass_obj
 def up(inv: Invocation, to: str | None, dry_run: bool, lock_timeout: str | None, lock_wait: str | None,
-       no_compat: bool, lint: bool) -> int:
+       no_compat: bool, lint: bool, wait_for: str | None) -> int:
     """Apply pending migrations, each exactly once."""
     from runner import commands
 
     inv.flags.update(lock_timeout=lock_timeout, lock_wait=lock_wait)
+    if wait_for is not None:
+        from runner.waiting import parse_timeout, wait_for_database
+
+        wait_for_database(inv.settings.database, parse_timeout(wait_for, "--wait"), schema=inv.settings.schema,
+                          read_only=False)
     if lint:
         from runner.cli_diagnose import lint_gate
 
@@ -214,6 +221,22 @@ def _progress_view(inv: Invocation) -> Any:
     from runner.console import ConsoleProgress
 
     return ConsoleProgress()
+
+
+# -------------------------------------------------------------------------- wait
+@cli.command()
+@click.option("--timeout", default="60s", show_default=True, metavar="DURATION",
+              help="Give up (exit 5) after this long.")
+@click.pass_obj
+def wait(inv: Invocation, timeout: str) -> int:
+    """Wait until the database accepts connections and can be migrated (exit 5 after --timeout)."""
+    from runner.waiting import parse_timeout, wait_for_database
+
+    result = wait_for_database(inv.settings.database, parse_timeout(timeout, "--timeout"),
+                               schema=inv.settings.schema)
+    inv.emit(result.to_dict(), f"database ready after {result.waited_s:.1f}s ({result.attempts} attempt(s)): "
+                               f"{result.database}")
+    return errors.OK
 
 
 # ------------------------------------------------------------------------ status

@@ -18,11 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import ADMIN_URL, EXAMPLE_MIGRATIONS, run_migrate, with_database
-
-
-def admin_connect() -> psycopg.Connection:
-    return psycopg.connect(ADMIN_URL, autocommit=True)
+from helpers import ADMIN_URL, EXAMPLE_MIGRATIONS, admin_connect, run_migrate, with_database
 
 
 @pytest.fixture

@@ -110,6 +110,11 @@ def url_as(url: str, user: str, password: str | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- the catalog
+def admin_connect() -> psycopg.Connection:
+    """An autocommit connection to the suite's server (``MIGRATE_TEST_DATABASE_URL``)."""
+    return psycopg.connect(ADMIN_URL, autocommit=True)
+
+
 def sql(url: str, *statements: str) -> list[Any]:
     """Run statements on ``url`` (autocommit); returns the rows of the last one that returns rows."""
     rows: list[Any] = []

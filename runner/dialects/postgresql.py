@@ -440,6 +440,43 @@ class PostgreSQL:
         return Activity(row[0], round(row[1], 1) if row[1] is not None else None, row[2], row[3],
                         tuple(int(p) for p in row[4] or ()), row[5])
 
+    # -- readiness (migrate wait) --------------------------------------------------------
+    def not_ready(self, db: Database) -> str | None:
+        """Why a server that accepts connections cannot be migrated yet (None: it can): a standby,
+        or a server still replaying WAL, accepts no writes; a failover may promote it."""
+        if db.scalar("SELECT pg_catalog.pg_is_in_recovery()"):
+            return "the server is in recovery (a read-only standby): it cannot be migrated until it is promoted"
+        return None
+
+    # -- throwaway databases (the pytest plugin) ---------------------------------------------
+    def create_scratch(self, server_url: str, name: str, directory: str) -> str:
+        """Create the empty database ``name`` on the server of ``server_url``; its URL (same user,
+        password and parameters). ``directory`` is unused (SQLite keeps its files there)."""
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        import psycopg
+        from psycopg import sql
+
+        from runner.urls import parse_url
+
+        with psycopg.connect(**parse_url(server_url).connect_args, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        parts = urlsplit(server_url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + quote(name), parts.query, ""))
+
+    def drop_scratch(self, server_url: str, url: str) -> None:
+        """Drop a database made by :meth:`create_scratch` (sessions still connected are ended)."""
+        from urllib.parse import unquote, urlsplit
+
+        import psycopg
+        from psycopg import sql
+
+        from runner.urls import parse_url
+
+        name = unquote(urlsplit(url).path[1:])
+        with psycopg.connect(**parse_url(server_url).connect_args, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
     # -- catalog -----------------------------------------------------------------------
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool:
         """No table, view or sequence in any schema but the runner's own tables, no event trigger,

@@ -180,6 +180,22 @@ class SQLite:
     def activity(self, db: Database, session: int) -> Activity | None:
         return None
 
+    # -- readiness (migrate wait) --------------------------------------------------------
+    def not_ready(self, db: Database) -> str | None:
+        """A file that opens can be migrated."""
+        return None
+
+    # -- throwaway databases (the pytest plugin) ---------------------------------------------
+    def create_scratch(self, server_url: str, name: str, directory: str) -> str:
+        """A new database file ``name`` in ``directory`` (created by the first command that writes)."""
+        return f"sqlite:///{os.path.join(os.path.abspath(directory), name + '.db')}"
+
+    def drop_scratch(self, server_url: str, url: str) -> None:
+        path = url[len("sqlite:///"):]
+        for leftover in (path, path + ".lock", path + "-wal", path + "-shm", path + "-journal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
     # -- catalog -----------------------------------------------------------------------
     def is_fresh(self, db: Database, own_tables: Sequence[str]) -> bool:
         return False  # no batches on SQLite: it has no one-query path
