@@ -154,3 +154,22 @@ def test_schema_named_after_the_runner_role_through_a_transaction_pool(bouncer, 
     assert all_rows(pg_url, sql.SQL("SELECT count(*) FROM {}._migrate_history").format(
         sql.Identifier(RUNNER_ROLE)).as_string(None)) == [(0,)]
     _assert_untouched(bouncer, pg_url, attacker, "up / status / verify / up")
+
+
+def test_heartbeat_and_a_non_transactional_migration_through_a_transaction_pool(bouncer, pg_url, attacker, tmp_path):
+    """Issue 10 item 1 through PgBouncer (transaction pool), for the paths the command cases do not reach:
+    the heartbeat's second connection (a migration running longer than a heartbeat interval) and the
+    bookkeeping around a non-transactional migration (``-- transactional: false``), whose statement runs
+    outside any transaction of the runner's. No planted function runs; both migrations are recorded."""
+    folder = harness.write(tmp_path / "migrations", {
+        "001_slow.sql": "CREATE TABLE public.slow (id int);\nSELECT pg_catalog.pg_sleep(3.5);\n",
+        "002_index.sql": "-- transactional: false\nCREATE INDEX CONCURRENTLY slow_id ON public.slow (id);\n",
+    })
+    _planted(pg_url, attacker)
+    _close_server_connections(bouncer, pg_url)
+    result = ok(cli(bouncer.url(pg_url), folder, "up"))
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "running" and e.get("migration") == "001_slow" for e in events), result.describe()
+    _assert_untouched(bouncer, pg_url, attacker, "up")
+    assert history(pg_url) == ["001_slow", "002_index"]
+    assert one(pg_url, "SELECT pg_catalog.to_regclass('public.slow_id') IS NOT NULL") is True
