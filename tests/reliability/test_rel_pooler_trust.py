@@ -26,6 +26,7 @@ from psycopg import sql
 
 import pooler_pgbouncer
 from helpers import ADMIN_URL
+from runner.db import connect, transaction
 from reliability import harness
 from reliability.issue10 import M001, M017, M018, RUNNER_ROLE, all_rows, cli, examples, history, is_superuser, ok, one
 from reliability.test_rel_trust import (HIJACK_CASES, Attacker, _hold_runner_lock, _planted, _relations_in,
@@ -91,18 +92,37 @@ def test_a_server_connection_of_the_pool_carries_the_default_search_path(bouncer
                 sql.Identifier(harness.dbname(pg_url))))
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASES)
-def test_planted_operators_and_functions_never_run_as_the_runner_through_a_transaction_pool(
-        bouncer, pg_url, attacker, tmp_path, case):
-    """Issue 10 item 1 through PgBouncer (transaction pool): the runner's statements never resolve an
-    operator or function planted in public: the attacker stays non-superuser, no planted function is
-    called, and the command does its job (the lock-timeout case reads who holds the lock)."""
-    spec = HIJACK_CASES[case]
+def test_every_statement_of_the_runner_runs_with_its_search_path_through_a_transaction_pool(bouncer, pg_url):
+    """The fix for the shims connect/route hijack: through a transaction pool (no session SET), a statement
+    of the runner's sent outside its transactions, and each of its transactions, run with the runner's
+    search_path, not the server connection's "$user", public; the pool's server connection keeps its own."""
+    url = bouncer.url(pg_url)
+    db = connect(url)
+    try:
+        assert db.facts["pooler"].per_transaction
+        assert db.scalar("SELECT pg_catalog.current_setting('search_path')") == "pg_catalog, pg_temp"
+        with transaction(db):
+            assert db.scalar("SELECT pg_catalog.current_setting('search_path')") == "pg_catalog, pg_temp"
+        assert not db.in_transaction
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            db.execute("SELECT 1 OPERATOR(pg_catalog./) 0")
+        assert not db.in_transaction  # rolled back: the next statement still works
+        assert db.scalar("SELECT pg_catalog.current_setting('search_path')") == "pg_catalog, pg_temp"
+    finally:
+        db.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.prepare_threshold = None
+        assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+
+
+def _attack(bouncer, pg_url: str, who: Attacker, tmp_path, spec: dict, consumer: str = "") -> None:
+    """Apply ``spec["before"]`` (before the traps exist), plant, then run ``spec["commands"]`` through the
+    pooler and check their exit codes and that no planted function ran."""
     folder = examples(tmp_path / "migrations")
     url = bouncer.url(pg_url)
     if spec["before"] is not None:  # applied before the traps exist: only the command under test can fire them
         ok(cli(url, folder, "up", *spec["before"]))
-    _planted(pg_url, attacker)
+    _planted(pg_url, who)
     _close_server_connections(bouncer, pg_url)  # track_functions applies to the server connections opened next
     app_lock = psycopg.connect(pg_url, autocommit=True, application_name="app-worker",
                                options="-c search_path=pg_catalog")
@@ -110,7 +130,7 @@ def test_planted_operators_and_functions_never_run_as_the_runner_through_a_trans
     holder = _hold_runner_lock(pg_url) if spec.get("lock") else None
     try:
         for args, code in zip(spec["commands"], spec["codes"]):
-            result = cli(url, folder, *args)
+            result = cli(url, folder, *(a.format(consumer=consumer) for a in args))
             assert result.returncode == code, result.describe()
             if spec.get("lock"):
                 assert "psql" in result.stderr, result.describe()  # the holder was looked up and named
@@ -118,9 +138,42 @@ def test_planted_operators_and_functions_never_run_as_the_runner_through_a_trans
         if holder is not None:
             holder.close()
         app_lock.close()
-    _assert_untouched(bouncer, pg_url, attacker, " / ".join(" ".join(a) for a in spec["commands"]))
+    _assert_untouched(bouncer, pg_url, who, " / ".join(" ".join(a) for a in spec["commands"]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASES)
+def test_planted_operators_and_functions_never_run_as_the_runner_through_a_transaction_pool(
+        bouncer, pg_url, attacker, tmp_path, case):
+    """Issue 10 item 1 through PgBouncer (transaction pool): the runner's statements never resolve an
+    operator or function planted in public: the attacker stays non-superuser, no planted function is
+    called, and the command does its job (the lock-timeout case reads who holds the lock)."""
+    _attack(bouncer, pg_url, attacker, tmp_path, HIJACK_CASES[case])
     expected = {"up": [M001, M017, M018], "down": [M001, M017], "up (lock timeout)": [M001, M017]}
     assert history(pg_url) == expected.get(case, [M001, M017, M018])
+
+
+SHIM = "compat_017.remediation_workflow_catalog"
+# The runner's other commands that write to the database, through the pooler.
+MORE_CASES = {
+    "snapshot+unmark+mark+rehash": dict(before=[], commands=[("snapshot",), ("unmark", M018), ("mark", M018),
+                                                             ("rehash", M018)], codes=[0, 0, 0, 0]),
+    "shims extend": dict(before=[], commands=[("shims", "extend", SHIM, "--by", "30d", "--reason", "pooler trust test")],
+                         codes=[0]),
+    "shims connect+route": dict(before=[], commands=[("shims", "connect", "--as-of", "017"),
+                                                     ("shims", "route", "{consumer}", "--as-of", "017"),
+                                                     ("shims", "route", "{consumer}", "--reset")], codes=[0, 0, 0]),
+    "shims drop": dict(before=[], commands=[("shims", "drop", SHIM, "--force", "--reason", "pooler trust test")],
+                       codes=[0]),
+}
+
+
+@pytest.mark.parametrize("case", list(MORE_CASES), ids=list(MORE_CASES))
+def test_bookkeeping_and_shim_commands_never_run_planted_code_through_a_transaction_pool(
+        bouncer, pg_url, attacker, make_role, tmp_path, case):
+    """Issue 10 item 1 through PgBouncer (transaction pool), for the commands that write the runner's
+    records and the shims: no planted function runs, each command exits 0."""
+    _attack(bouncer, pg_url, attacker, tmp_path, MORE_CASES[case], consumer=make_role())
+    assert history(pg_url) == [M001, M017, M018]
 
 
 def test_schema_named_after_the_runner_role_through_a_transaction_pool(bouncer, pg_url, db_attacker, attacker,
