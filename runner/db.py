@@ -8,8 +8,11 @@ kind.
 
 On PostgreSQL the runner's own statements run with ``search_path = pg_catalog, pg_temp``: no
 function, operator or table of the runner's SQL resolves through a schema another role can
-write. Migrations run with the search_path the user gave (the URL's ``schema=``, the
-``schema`` setting, else the session's default), set for each migration's transaction only.
+write. Through a transaction pooler no session setting holds: each of the runner's transactions
+sets it (:func:`transaction`), and a statement sent outside them goes in a transaction of its own
+(:meth:`Database.execute`). Migrations run with the search_path the user gave (the URL's
+``schema=``, the ``schema`` setting, else the session's default), set for each migration's
+transaction only.
 """
 
 from __future__ import annotations
@@ -66,7 +69,16 @@ class Database:
         return self.address.redacted
 
     def execute(self, sql: Any, params: Sequence[Any] | None = None) -> Any:
-        """Execute one statement of the runner's own SQL (``%s`` placeholders); returns the cursor."""
+        """Execute one statement of the runner's own SQL (``%s`` placeholders); returns the cursor
+        (its rows already fetched). Outside a transaction, when the session's settings do not hold
+        (a transaction pooler: :meth:`Dialect.transaction_settings`), it runs in a transaction of
+        its own that starts with them."""
+        if self.in_transaction or not self.dialect.transaction_settings(self):
+            return self._execute(sql, params)
+        with transaction(self):
+            return self._execute(sql, params)
+
+    def _execute(self, sql: Any, params: Sequence[Any] | None) -> Any:
         if params is None:
             return self.connection.execute(sql)
         return self.connection.execute(self.dialect.placeholders(sql), tuple(params))
@@ -140,7 +152,9 @@ def open_database(settings: Settings, *, read_only: bool = False) -> Database:
 
 @contextmanager
 def transaction(db: Database) -> Iterator[None]:
-    """BEGIN ... COMMIT; ROLLBACK when the block raises. Nested: a savepoint."""
+    """BEGIN ... COMMIT; ROLLBACK when the block raises. Nested: a savepoint. The transaction
+    starts with :meth:`Dialect.transaction_settings` (through a transaction pooler: the runner's
+    search_path, which no session setting carries there)."""
     if db.in_transaction:
         db._savepoints += 1
         name = f"migrate_sp_{db._savepoints}"
@@ -152,7 +166,7 @@ def transaction(db: Database) -> Iterator[None]:
             raise
         db.connection.execute(f"RELEASE SAVEPOINT {name}")
         return
-    db.connection.execute("BEGIN")
+    db.connection.execute("; ".join(["BEGIN", *db.dialect.transaction_settings(db)]))
     db.in_transaction = True
     try:
         yield

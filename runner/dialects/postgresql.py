@@ -157,6 +157,16 @@ class PostgreSQL:
     def placeholders(self, sql: Any) -> Any:
         return sql
 
+    def transaction_settings(self, db: Database) -> list[str]:
+        """What starts each of the runner's own transactions. Through a transaction pooler each
+        transaction may land on another server connection, which carries the server's default
+        search_path (``"$user", public``), not the runner's session setting: the runner's
+        search_path is then set for the transaction, so that no operator or function planted in a
+        schema another role can write resolves as the runner (issue 10 item 1)."""
+        if not self.pooler(db).per_transaction:
+            return []
+        return [f"SET LOCAL search_path TO {SAFE_SEARCH_PATH}"]
+
     def literal(self, db: Database, value: Any) -> str:
         from psycopg.sql import Literal
 

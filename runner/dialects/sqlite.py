@@ -46,6 +46,10 @@ class SQLite:
     def placeholders(self, sql: Any) -> Any:
         return sql.replace("%s", "?")
 
+    def transaction_settings(self, db: Database) -> list[str]:
+        """Nothing: the session's settings hold (no pooler)."""
+        return []
+
     def literal(self, db: Database, value: Any) -> str:
         if value is None:
             return "NULL"
