@@ -129,7 +129,7 @@ def role_setting(db: Database, role: str, *, in_database: bool) -> str | None:
 
 def _database_setting(db: Database) -> str:
     value = _setting_of(db.scalar(
-        "SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = 0 AND "
+        "SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = 0::pg_catalog.oid AND "
         "s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())"))
     if value is not None:
         return value

@@ -182,8 +182,8 @@ class PostgresShims:
             return {}
         rows = db.execute(
             "SELECT x.s, x.v, (SELECT d.refobjid FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d "
-            "  ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid "
-            "  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+            "  ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid AND d.objid = r.oid "
+            "  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid "
             "  WHERE r.ev_class = c.oid AND d.refobjid <> c.oid LIMIT 1) "
             "FROM ROWS FROM (pg_catalog.unnest(%s::pg_catalog.text[]), pg_catalog.unnest(%s::pg_catalog.text[])) AS x(s, v) "
             "JOIN pg_catalog.pg_namespace n ON n.nspname = x.s "
@@ -339,14 +339,14 @@ class PostgresShims:
     def table_grants(self, db: Database, oid: int) -> list[tuple[str | None, str, bool]]:
         """(role or None for PUBLIC, privilege, grantable) on table ``oid``."""
         return db.execute(
-            "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, a.privilege_type, "
+            "SELECT CASE WHEN a.grantee = 0::pg_catalog.oid THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, a.privilege_type, "
             "a.is_grantable FROM pg_catalog.pg_class c, "
             "pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a "
             "WHERE c.oid = %s::pg_catalog.oid ORDER BY 1, 2", (oid,)).fetchall()
 
     def column_grants(self, db: Database, oid: int) -> list[tuple[int, str | None, str, bool]]:
         return db.execute(
-            "SELECT att.attnum, CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, "
+            "SELECT att.attnum, CASE WHEN a.grantee = 0::pg_catalog.oid THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, "
             "a.privilege_type, a.is_grantable FROM pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a "
             "WHERE att.attrelid = %s::pg_catalog.oid AND att.attnum > 0 AND NOT att.attisdropped "
             "AND att.attacl IS NOT NULL ORDER BY 1, 2, 3", (oid,)).fetchall()
@@ -359,7 +359,7 @@ class PostgresShims:
             return False
         row = db.execute(
             "SELECT n.oid, EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = "
-            "'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = n.oid) "
+            "'pg_catalog.pg_namespace'::pg_catalog.regclass::pg_catalog.oid AND d.refobjid = n.oid) "
             "FROM pg_catalog.pg_namespace n WHERE n.nspname = %s", (schema,)).fetchone()
         if row is None or row[1]:
             return False
