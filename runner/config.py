@@ -88,9 +88,10 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tupl
     """Return the config file used and its migrate table ({} when none)."""
     path_text = explicit or env.get(CONFIG_ENV)
     if path_text:
+        source = "--config" if explicit else f"{CONFIG_ENV} (environment)"
         path = (cwd / path_text) if not os.path.isabs(path_text) else Path(path_text)
         if not _is_file(path):
-            raise ConfigError(f"config file not found: {path_text}")
+            raise ConfigError(f"{source}: config file not found: {path_text}")
         data = _read_toml(path)
         if path.name == "pyproject.toml":
             return path, data.get("tool", {}).get("migrate", {})
@@ -122,6 +123,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte 0x{err.object[err.start]:02x}"
+                          f" at offset {err.start})") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
 
