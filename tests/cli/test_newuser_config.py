@@ -41,3 +41,32 @@ def test_a_missing_config_file_names_the_flag_or_the_variable(tmp_path: Path) ->
     assert by_flag.error_lines == ["migrate: error: --config: config file not found: nope.toml"]
     assert by_env.error_lines == ["migrate: error: MIGRATE_CONFIG (environment): config file not found: gone.toml"]
     assert not (project / "migrate.db").exists()
+
+
+def test_new_with_a_name_too_long_for_a_file_is_exit_2(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    before = sorted(p.name for p in (project / "migrations").iterdir())
+    result = run_migrate("new", "a" * 5000, cwd=project)
+    assert result.returncode == 2, result.describe()
+    assert result.error_lines == ["migrate: error: migration name is too long: the file name would be 5008 bytes"
+                                  " (at most 255)"]
+    assert sorted(p.name for p in (project / "migrations").iterdir()) == before
+
+
+def test_new_keeps_a_multiline_name_in_one_comment_line(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    result = run_migrate("new", "x\nDROP TABLE users;", cwd=project)
+    assert result.returncode == 0, result.describe()
+    created = project / "migrations" / "019_x_drop_table_users.sql"
+    assert created.read_text(encoding="utf-8") == "-- x DROP TABLE users;\n-- depends:\n\n"
+
+
+def test_new_into_a_migrations_path_that_is_a_file_names_the_source(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    by_flag = run_migrate("--migrations", "afile", "new", "y", cwd=tmp_path)
+    by_env = run_migrate("new", "y", cwd=tmp_path, env={"MIGRATE_MIGRATIONS": "afile/sub"})
+    assert (by_flag.returncode, by_env.returncode) == (2, 2)
+    assert by_flag.error_lines == [f"migrate: error: --migrations: cannot create the migrations folder"
+                                   f" {tmp_path / 'afile'}: a file, not a folder"]
+    assert by_env.error_lines == [f"migrate: error: MIGRATE_MIGRATIONS (environment): cannot create the migrations"
+                                  f" folder {tmp_path / 'afile' / 'sub'}: Not a directory"]
