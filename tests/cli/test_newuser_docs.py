@@ -92,3 +92,17 @@ def test_every_command_and_option_of_the_help_is_in_cli_md() -> None:
                 if opt.startswith("--") and f"`{opt}" not in doc and f" {opt}" not in doc:
                     missing.append(f"{' '.join(path) or 'migrate'} {opt}")
     assert missing == []
+
+
+def test_every_argument_of_the_help_is_named_as_in_cli_md() -> None:
+    """`migrate check-files` without a file says "Missing argument 'FILE...'", as cli.md writes it."""
+    doc = re.sub(r"[\[\]{}]", "", (ROOT / "docs" / "cli.md").read_text(encoding="utf-8"))
+    differing = []
+    for path, command in _commands(cli):
+        for param in command.params:
+            if isinstance(param, click.Argument):
+                with click.Context(command) as ctx:
+                    shown = re.sub(r"[\[\]{}]", "", param.make_metavar(ctx))
+                if shown not in doc:
+                    differing.append(f"migrate {' '.join(path)} {shown}")
+    assert differing == []
