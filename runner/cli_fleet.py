@@ -104,6 +104,14 @@ def _catalog(inv: Any) -> str | None:
     return None if database == DEFAULT_DATABASE and not inv.databases else database
 
 
+def _open_results(path: str) -> Any:
+    """The --results file, opened for appending; a path that cannot be written is a usage error (exit 2)."""
+    try:
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise errors.UsageError(f"--results: cannot write {path}: {err.strerror}") from None
+
+
 def _run(inv: Any, command: str, opts: dict[str, Any], *, keep: bool = False, **kwargs: Any) -> Any:
     from runner import fleet_ops, logs
     from runner.fleet_executor import FleetOptions
@@ -113,7 +121,7 @@ def _run(inv: Any, command: str, opts: dict[str, Any], *, keep: bool = False, **
     options = FleetOptions(parallel=opts["parallel"], canary=opts["canary"], max_failures=opts["max_failures"],
                            on_error=opts["on_error"])
     waves, total = _waves(inv, opts)
-    results = open(opts["results_path"], "a", encoding="utf-8") if opts.get("results_path") else None  # noqa: SIM115
+    results = _open_results(opts["results_path"]) if opts.get("results_path") else None
     try:
         reporter = Reporter.for_terminal(inv.out, json_lines=inv.json, results_file=results, keep=keep and not inv.json)
         reporter.summary.total = total

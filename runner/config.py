@@ -263,7 +263,8 @@ def check_text(value: Any, setting: str, source: str, max_length: int = MAX_VALU
     ``max_length``, without control characters (NUL, newline, escape ...). Else ConfigError naming
     ``source`` (where the value came from) and ``setting``."""
     if not isinstance(value, str):
-        raise ConfigError(f"{source}: {setting}: expected a string, got {value!r}")
+        named = source if source.endswith(setting) else f"{source}: {setting}"  # "migrate.toml: database"
+        raise ConfigError(f"{named}: expected a string, got {value!r}")
     if not value.strip():
         hint = " (an unset CI secret?)" if source.endswith("(environment)") else ""
         raise ConfigError(f"{source}: {setting} is {'empty' if not value else 'blank'}{hint}; "

@@ -70,3 +70,21 @@ def test_new_into_a_migrations_path_that_is_a_file_names_the_source(tmp_path: Pa
                                    f" {tmp_path / 'afile'}: a file, not a folder"]
     assert by_env.error_lines == [f"migrate: error: MIGRATE_MIGRATIONS (environment): cannot create the migrations"
                                   f" folder {tmp_path / 'afile' / 'sub'}: Not a directory"]
+
+
+def test_a_config_key_of_the_wrong_type_is_named_once(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / "migrate.toml").write_text("database = 5\n", encoding="utf-8")
+    result = run_migrate("status", cwd=project)
+    assert result.returncode == 2, result.describe()
+    assert result.error_lines == [f"migrate: error: {project / 'migrate.toml'}: database: expected a string, got 5"]
+
+
+def test_fleet_results_file_that_cannot_be_written_is_exit_2(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / "fleet.toml").write_text('[targets.a]\nurl = "sqlite:///a.db"\n', encoding="utf-8")
+    missing_dir = project / "no" / "such" / "results.jsonl"
+    result = run_migrate("fleet", "up", "--fleet", "fleet.toml", "--results", str(missing_dir), cwd=project)
+    assert result.returncode == 2, result.describe()
+    assert result.error_lines == [f"migrate: error: --results: cannot write {missing_dir}: No such file or directory"]
+    assert not (project / "a.db").exists()
