@@ -88,3 +88,13 @@ def test_fleet_results_file_that_cannot_be_written_is_exit_2(tmp_path: Path) -> 
     assert result.returncode == 2, result.describe()
     assert result.error_lines == [f"migrate: error: --results: cannot write {missing_dir}: No such file or directory"]
     assert not (project / "a.db").exists()
+
+
+def test_a_sqlite_url_with_parameters_is_refused_not_ignored(tmp_path: Path) -> None:
+    """`?mode=ro` was silently dropped and the file written: a URL means what it says or is exit 2."""
+    project = _project(tmp_path)
+    result = run_migrate("--database", "sqlite:///x.db?mode=ro", "up", cwd=project)
+    assert result.returncode == 2, result.describe()
+    assert result.error_lines == ["migrate: error: --database: malformed database URL sqlite:///x.db?mode=ro:"
+                                  " a SQLite URL takes no parameters (?mode=ro); the runner opens the file read-write"]
+    assert not (project / "x.db").exists()
