@@ -98,3 +98,13 @@ def test_a_sqlite_url_with_parameters_is_refused_not_ignored(tmp_path: Path) -> 
     assert result.error_lines == ["migrate: error: --database: malformed database URL sqlite:///x.db?mode=ro:"
                                   " a SQLite URL takes no parameters (?mode=ro); the runner opens the file read-write"]
     assert not (project / "x.db").exists()
+
+
+def test_a_sqlite_url_to_a_file_that_is_no_database_names_it(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / "notes.db").write_text("not sqlite\n" * 20, encoding="utf-8")
+    result = run_migrate("--database", "sqlite:///notes.db", "up", cwd=project)
+    assert result.returncode == 2, result.describe()
+    assert result.error_lines == ["migrate: error: sqlite:///notes.db: notes.db is not a SQLite database"
+                                  " (file is not a database)"]
+    assert (project / "notes.db").read_text(encoding="utf-8") == "not sqlite\n" * 20
