@@ -170,6 +170,9 @@ def load_settings(
     value, source = pick("schema")
     if value is not None:
         settings.schema = check_text(value, "schema", source, max_length=63)
+        if settings.schema.lower().startswith("pg_") or settings.schema == "information_schema":
+            raise ConfigError(f"{source}: schema {settings.schema}: a system schema of PostgreSQL"
+                              " (pg_*, information_schema) cannot hold the runner's tables")
         settings.sources["schema"] = source
     value, source = pick("migrations")
     if value is not None:

@@ -108,3 +108,13 @@ def test_a_sqlite_url_to_a_file_that_is_no_database_names_it(tmp_path: Path) -> 
     assert result.error_lines == ["migrate: error: sqlite:///notes.db: notes.db is not a SQLite database"
                                   " (file is not a database)"]
     assert (project / "notes.db").read_text(encoding="utf-8") == "not sqlite\n" * 20
+
+
+def test_a_system_schema_for_the_runner_tables_is_a_config_error(tmp_path: Path) -> None:
+    """MIGRATE_SCHEMA=pg_catalog was a bare 'database error: permission denied' from the server."""
+    project = _project(tmp_path)
+    result = run_migrate("up", cwd=project, env={"MIGRATE_SCHEMA": "pg_catalog"})
+    assert result.returncode == 2, result.describe()
+    assert result.error_lines == ["migrate: error: MIGRATE_SCHEMA (environment): schema pg_catalog: a system schema"
+                                  " of PostgreSQL (pg_*, information_schema) cannot hold the runner's tables"]
+    assert not (project / "migrate.db").exists()
