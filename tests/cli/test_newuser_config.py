@@ -118,3 +118,18 @@ def test_a_system_schema_for_the_runner_tables_is_a_config_error(tmp_path: Path)
     assert result.error_lines == ["migrate: error: MIGRATE_SCHEMA (environment): schema pg_catalog: a system schema"
                                   " of PostgreSQL (pg_*, information_schema) cannot hold the runner's tables"]
     assert not (project / "migrate.db").exists()
+
+
+def test_fleet_targets_options_empty_or_missing_name_their_source(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    empty_flag = run_migrate("fleet", "status", "--fleet", "", cwd=project)
+    blank_env = run_migrate("fleet", "status", cwd=project, env={"MIGRATE_FLEET": " "})
+    empty_sql = run_migrate("fleet", "status", "--targets-sql", "", cwd=project)
+    missing_env = run_migrate("fleet", "up", cwd=project, env={"MIGRATE_FLEET": "nope.toml"})
+    assert [r.returncode for r in (empty_flag, blank_env, empty_sql, missing_env)] == [2, 2, 2, 2]
+    assert empty_flag.error_lines == ["migrate: error: --fleet: empty; give a value or leave the option out"]
+    assert blank_env.error_lines == ["migrate: error: MIGRATE_FLEET (environment): blank (an unset CI secret?);"
+                                     " give a value or leave the option out"]
+    assert empty_sql.error_lines == ["migrate: error: --targets-sql: empty; give a value or leave the option out"]
+    assert missing_env.error_lines == ["migrate: error: MIGRATE_FLEET (environment): fleet file not found: nope.toml"]
+    assert not (project / "migrate.db").exists()
