@@ -41,6 +41,8 @@ class SQLite:
         try:
             connection.execute("PRAGMA schema_version").fetchone()  # reads the header: is it a database?
         except sqlite3.DatabaseError as err:
+            if getattr(err, "sqlite_errorname", "") != "SQLITE_NOTADB":
+                raise  # e.g. locked: the caller's usual handling
             connection.close()
             raise ConfigError(f"{address.redacted}: {path} is not a SQLite database ({err})") from None
         return Database(connection=connection, dialect=self, schema=None, address=address, read_only=read_only)
