@@ -109,7 +109,7 @@ def audit(inv: Any, warn_within: str) -> int:
 
 
 @shims.command()
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--expired", is_flag=True, help="Drop every active shim past its expiry.")
 @click.option("--force", is_flag=True, help="Drop even while sessions are using the shim.")
 @click.option("--reason", metavar="TEXT", help="Why (kept in the registry).")

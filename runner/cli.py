@@ -310,7 +310,7 @@ def down(inv: Invocation, to: str | None, steps: int | None) -> int:
 # ------------------------------------------------------------- bookkeeping only
 def _bookkeeping_command(name: str, help_text: str, past: str, unchanged: str = ""):
     @cli.command(name=name, help=help_text)
-    @click.argument("ids", nargs=-1, required=True)
+    @click.argument("ids", nargs=-1, required=True, metavar="ID...")
     @click.pass_obj
     def command(inv: Invocation, ids: tuple[str, ...]) -> int:
         from runner import commands

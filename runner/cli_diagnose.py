@@ -107,7 +107,7 @@ def run_lint(settings: Any, *, all_files: bool = False, offline: bool = False,
 
 
 @click.command()
-@click.argument("paths", nargs=-1, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path(), metavar="[FILE]...")
 @click.option("--all", "all_files", is_flag=True, help="Lint every migration, not only pending ones.")
 @click.option("--offline", is_flag=True,
               help="Do not connect: lint the files alone (implies --all; no shim rule, server version unknown).")
@@ -139,7 +139,7 @@ def _emit_report(inv: Any, report: Any) -> None:
 
 
 @click.command("check-files")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="FILE...")
 @click.pass_obj
 def check_files(inv: Any, paths: tuple[str, ...]) -> int:
     """Check migration files without a database: parse errors, malformed directives, duplicate

@@ -57,12 +57,24 @@ def _targets_options(command: Callable[..., Any]) -> Callable[..., Any]:
 _FLAG = {"fleet_file": "--fleet", "targets_sql": "--targets-sql", "targets_cmd": "--targets-cmd"}
 
 
+def _source(key: str, value: str) -> str:
+    """Where a targets option came from: its flag, or MIGRATE_FLEET for --fleet read from the environment."""
+    if key == "fleet_file" and os.environ.get("MIGRATE_FLEET") == value:
+        return "MIGRATE_FLEET (environment)"
+    return _FLAG[key]
+
+
 def _waves(inv: Any, opts: dict[str, Any]) -> tuple[list[Any], int | None]:
     """The waves to run and the number of targets (None when streamed)."""
     from runner import fleet_shard as shard_mod
     from runner import fleet_targets as ft
     from runner.fleet_executor import with_canary
 
+    for key in ("fleet_file", "targets_sql", "targets_cmd"):
+        if opts.get(key) is not None and not opts[key].strip():
+            hint = " (an unset CI secret?)" if _source(key, opts[key]).endswith("(environment)") else ""
+            raise errors.ConfigError(f"{_source(key, opts[key])}: {'empty' if not opts[key] else 'blank'}{hint};"
+                                     " give a value or leave the option out")
     sources = [k for k in ("fleet_file", "targets_sql", "targets_cmd") if opts.get(k)]
     if len(sources) != 1:
         raise errors.UsageError("give exactly one of --fleet FILE, --targets-sql QUERY, --targets-cmd COMMAND"
@@ -78,6 +90,9 @@ def _waves(inv: Any, opts: dict[str, Any]) -> tuple[list[Any], int | None]:
                                     "in a fleet file, set schema_template = \"...\" at its top")
         from pathlib import Path
 
+        if not Path(opts["fleet_file"]).is_file():
+            raise errors.ConfigError(f"{_source('fleet_file', opts['fleet_file'])}: fleet file not found:"
+                                     f" {opts['fleet_file']}")
         fleet = ft.load_fleet_file(Path(opts["fleet_file"]), database)
         chosen = list(shard_mod.in_shard(ft.select_tags(fleet.targets, opts["tags"]), shard))
         if opts["canary"] and fleet.waves:
@@ -104,6 +119,14 @@ def _catalog(inv: Any) -> str | None:
     return None if database == DEFAULT_DATABASE and not inv.databases else database
 
 
+def _open_results(path: str) -> Any:
+    """The --results file, opened for appending; a path that cannot be written is a usage error (exit 2)."""
+    try:
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise errors.UsageError(f"--results: cannot write {path}: {err.strerror}") from None
+
+
 def _run(inv: Any, command: str, opts: dict[str, Any], *, keep: bool = False, **kwargs: Any) -> Any:
     from runner import fleet_ops, logs
     from runner.fleet_executor import FleetOptions
@@ -113,7 +136,7 @@ def _run(inv: Any, command: str, opts: dict[str, Any], *, keep: bool = False, **
     options = FleetOptions(parallel=opts["parallel"], canary=opts["canary"], max_failures=opts["max_failures"],
                            on_error=opts["on_error"])
     waves, total = _waves(inv, opts)
-    results = open(opts["results_path"], "a", encoding="utf-8") if opts.get("results_path") else None  # noqa: SIM115
+    results = _open_results(opts["results_path"]) if opts.get("results_path") else None
     try:
         reporter = Reporter.for_terminal(inv.out, json_lines=inv.json, results_file=results, keep=keep and not inv.json)
         reporter.summary.total = total

@@ -19,7 +19,7 @@ from runner import adopt, history, preflight, statement_kinds
 from runner.config import Settings
 from runner.db import Database, open_database, transaction
 from runner.engine import Engine
-from runner.errors import DatabaseUnreachable, DriftError, UsageError
+from runner.errors import ConfigError, DatabaseUnreachable, DriftError, UsageError
 from runner.hooks import MigrationHook
 from runner.ids import resolve_id, resolve_ids
 from runner.lock import runner_lock
@@ -459,24 +459,40 @@ def rehash(settings: Settings, ids: Sequence[str]) -> BookkeepingResult:
 _NAME = re.compile(r"[\W_]+")
 
 
+_MAX_FILE_NAME = 255  # bytes: NAME_MAX of Linux and macOS file systems
+
+
 def new(settings: Settings, name: str, fmt: str = "sql") -> Path:
     """Scaffold the next numbered migration file; returns its path."""
     slug = _NAME.sub("_", unicodedata.normalize("NFC", name).lower()).strip("_")
     if not slug:
         raise UsageError(f"migration name {name!r} has no letters or digits")
     folder = settings.migrations
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        source = settings.sources.get("migrations", "migrations")
+        reason = "a file, not a folder" if isinstance(err, FileExistsError) else err.strerror
+        raise ConfigError(f"{source}: cannot create the migrations folder {folder}: {reason}") from None
     files = load_migrations(folder)
     versions = [m for m in files if m.version is not None]
     width = max((len(m.version_label or "") for m in versions), default=3)
     number = max((m.version or 0 for m in versions), default=0) + 1
     path = folder / f"{number:0{width}d}_{slug}.sql"
+    if len(path.name.encode("utf-8")) > _MAX_FILE_NAME:
+        raise UsageError(f"migration name is too long: the file name would be {len(path.name.encode('utf-8'))}"
+                         f" bytes (at most {_MAX_FILE_NAME})")
+    title = " ".join(name.split())  # one comment line, whatever newlines the name holds
     template = {
-        "sql": f"-- {name}\n-- depends:\n\n",
+        "sql": f"-- {title}\n-- depends:\n\n",
         "goose": "-- +goose Up\n-- +goose StatementBegin\n\n-- +goose StatementEnd\n\n"
                  "-- +goose Down\n-- +goose StatementBegin\n\n-- +goose StatementEnd\n",
     }
     if fmt not in template:
         raise UsageError(f"unknown migration file format {fmt!r}: expected sql or goose")
-    path.write_text(template[fmt], encoding="utf-8")
+    try:
+        with open(path, "x", encoding="utf-8") as fh:
+            fh.write(template[fmt])
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot create the migration file: {err.strerror}") from None
     return path

@@ -92,9 +92,10 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tupl
     """Return the config file used and its migrate table ({} when none)."""
     path_text = explicit or env.get(CONFIG_ENV)
     if path_text:
+        source = "--config" if explicit else f"{CONFIG_ENV} (environment)"
         path = (cwd / path_text) if not os.path.isabs(path_text) else Path(path_text)
         if not _is_file(path):
-            raise ConfigError(f"config file not found: {path_text}")
+            raise ConfigError(f"{source}: config file not found: {path_text}")
         data = _read_toml(path)
         if path.name == "pyproject.toml":
             return path, data.get("tool", {}).get("migrate", {})
@@ -126,6 +127,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte 0x{err.object[err.start]:02x}"
+                          f" at offset {err.start})") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
 
@@ -170,6 +174,9 @@ def load_settings(
     value, source = pick("schema")
     if value is not None:
         settings.schema = check_text(value, "schema", source, max_length=63)
+        if settings.schema.lower().startswith("pg_") or settings.schema == "information_schema":
+            raise ConfigError(f"{source}: schema {settings.schema}: a system schema of PostgreSQL"
+                              " (pg_*, information_schema) cannot hold the runner's tables")
         settings.sources["schema"] = source
     value, source = pick("migrations")
     if value is not None:
@@ -265,7 +272,8 @@ def check_text(value: Any, setting: str, source: str, max_length: int = MAX_VALU
     ``max_length``, without control characters (NUL, newline, escape ...). Else ConfigError naming
     ``source`` (where the value came from) and ``setting``."""
     if not isinstance(value, str):
-        raise ConfigError(f"{source}: {setting}: expected a string, got {value!r}")
+        named = source if source.endswith(setting) else f"{source}: {setting}"  # "migrate.toml: database"
+        raise ConfigError(f"{named}: expected a string, got {value!r}")
     if not value.strip():
         hint = " (an unset CI secret?)" if source.endswith("(environment)") else ""
         raise ConfigError(f"{source}: {setting} is {'empty' if not value else 'blank'}{hint}; "

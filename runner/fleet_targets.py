@@ -93,6 +93,9 @@ def load_fleet_file(path: Path, default_url: str | None, env: Mapping[str, str] 
         raise ConfigError(f"fleet file not found: {path}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte 0x{err.object[err.start]:02x}"
+                          f" at offset {err.start})") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     for key in data:

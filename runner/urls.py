@@ -97,6 +97,10 @@ def parse_url(url: str) -> DatabaseURL:
             raise ConfigError(
                 f"malformed database URL {shown}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
+        if parts.query or parts.fragment:
+            extra = f"?{parts.query}" if parts.query else f"#{parts.fragment}"
+            raise ConfigError(f"malformed database URL {shown}: a SQLite URL takes no parameters ({extra});"
+                              " the runner opens the file read-write")
         return DatabaseURL("sqlite", shown, sqlite_path=path[1:])
     if not scheme:
         raise ConfigError(f"malformed database URL {shown}: no scheme (expected postgresql://... or sqlite:///...)")

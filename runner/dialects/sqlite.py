@@ -16,7 +16,7 @@ from typing import Any
 
 from runner.db import Database
 from runner.dialects import Activity, Blocker, LockHolder
-from runner.errors import DatabaseUnreachable
+from runner.errors import ConfigError, DatabaseUnreachable
 from runner.urls import DatabaseURL
 
 
@@ -38,6 +38,13 @@ class SQLite:
         connection = sqlite3.connect(f"file:{path}?cache=shared", uri=True, detect_types=sqlite3.PARSE_DECLTYPES)
         connection.isolation_level = None
         connection.execute("PRAGMA busy_timeout = 30000")
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()  # reads the header: is it a database?
+        except sqlite3.DatabaseError as err:
+            if getattr(err, "sqlite_errorname", "") != "SQLITE_NOTADB":
+                raise  # e.g. locked: the caller's usual handling
+            connection.close()
+            raise ConfigError(f"{address.redacted}: {path} is not a SQLite database ({err})") from None
         return Database(connection=connection, dialect=self, schema=None, address=address, read_only=read_only)
 
     def ensure_schema(self, db: Database) -> None:
