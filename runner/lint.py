@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from runner.db import Database
 from runner.logs import get_logger
 from runner.migration import MigrationFile
+from runner.sqlfile import leading_comment_lines, skip_comments
 
 log = get_logger("migrate.lint")
 
@@ -400,7 +401,7 @@ def lint_migration(migration: MigrationFile, settings_disable: Sequence[str] = (
     linter = _Linter(migration, disabled, _declared_renames(migration, renames), shims, server_version, compat_mode)
     for statement in migration.up:
         # Statement.line is the line of its first non-comment line; the text may start with comments.
-        first = statement.line - _leading_comment_lines(statement.sql)
+        first = statement.line - leading_comment_lines(statement.sql)
         try:
             raws = parse_sql(statement.sql)
         except ParseError as err:
@@ -412,38 +413,12 @@ def lint_migration(migration: MigrationFile, settings_disable: Sequence[str] = (
         for raw in raws:
             offset = raw.stmt_location or 0
             # stmt_location may point at comments before the statement: skip them too.
-            offset = _skip_comments(statement.sql, offset)
+            offset = skip_comments(statement.sql, offset)
             line = first + statement.sql.count("\n", 0, offset)
             linter.statement(raw.stmt, line)
     return linter.findings
 
 
-_COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
-
-
-def _leading_comment_lines(sql: str) -> int:
-    count = 0
-    for line in sql.split("\n"):
-        if not _COMMENT_OR_BLANK.match(line):
-            break
-        count += 1
-    return count
-
-
-def _skip_comments(sql: str, offset: int) -> int:
-    """The offset of the first character at or after ``offset`` that is not blank or a comment."""
-    while offset < len(sql):
-        if sql[offset].isspace():
-            offset += 1
-        elif sql.startswith("--", offset):
-            end = sql.find("\n", offset)
-            offset = len(sql) if end < 0 else end + 1
-        elif sql.startswith("/*", offset):
-            end = sql.find("*/", offset + 2)
-            offset = len(sql) if end < 0 else end + 2
-        else:
-            break
-    return offset
 
 
 def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Sequence[str] = (),

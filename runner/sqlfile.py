@@ -84,3 +84,29 @@ def header_directives(text: str) -> list[Directive]:
         if match:
             found.append(Directive(match.group(1).lower(), match.group(2), number))
     return found
+
+
+def leading_comment_lines(sql: str) -> int:
+    """How many lines of blanks and `--` comments ``sql`` starts with."""
+    count = 0
+    for line in sql.split("\n"):
+        if not _COMMENT_OR_BLANK.match(line):
+            break
+        count += 1
+    return count
+
+
+def skip_comments(sql: str, offset: int) -> int:
+    """The offset of the first character at or after ``offset`` that is not blank or a comment."""
+    while offset < len(sql):
+        if sql[offset].isspace():
+            offset += 1
+        elif sql.startswith("--", offset):
+            end = sql.find("\n", offset)
+            offset = len(sql) if end < 0 else end + 1
+        elif sql.startswith("/*", offset):
+            end = sql.find("*/", offset + 2)
+            offset = len(sql) if end < 0 else end + 2
+        else:
+            break
+    return offset

@@ -55,12 +55,12 @@ from typing import Any
 
 from runner.errors import MigrationFileError
 from runner.migration import MigrationFile, Statement
+from runner.sqlfile import leading_comment_lines, skip_comments
 
 # Words a transaction-control statement starts with: texts without any of them cannot hold one,
 # so they are not parsed (a fast path only; the decision is the parse tree's).
 _TRANSACTION_WORDS = re.compile(r"\b(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE)\b",
                                 re.IGNORECASE)
-_COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
 
 
 # ----------------------------------------------------------------------------- transaction control
@@ -74,7 +74,7 @@ def transaction_control(statement: Statement) -> tuple[int, str] | None:
     from pglast import ast, enums, parse_sql
     from pglast.parser import ParseError
 
-    first = statement.line - _leading_comment_lines(sql)
+    first = statement.line - leading_comment_lines(sql)
     try:
         raws = parse_sql(sql)
     except ParseError:
@@ -85,7 +85,7 @@ def transaction_control(statement: Statement) -> tuple[int, str] | None:
               kinds.TRANS_STMT_ROLLBACK_PREPARED: "ROLLBACK PREPARED"}
     for raw in raws:
         if isinstance(raw.stmt, ast.TransactionStmt):
-            offset = _skip_comments(sql, raw.stmt_location or 0)
+            offset = skip_comments(sql, raw.stmt_location or 0)
             word = re.match(r"\w*", sql[offset:]).group(0).upper()  # type: ignore[union-attr]
             return first + sql.count("\n", 0, offset), labels.get(raw.stmt.kind, word)
     return None
@@ -130,29 +130,6 @@ def refuse_transaction_control(migrations: Iterable[MigrationFile], direction: s
                 f"BEGIN/COMMIT wrapper, or mark the file {marker} to manage transactions yourself", line)
 
 
-def _leading_comment_lines(sql: str) -> int:
-    count = 0
-    for line in sql.split("\n"):
-        if not _COMMENT_OR_BLANK.match(line):
-            break
-        count += 1
-    return count
-
-
-def _skip_comments(sql: str, offset: int) -> int:
-    """The offset of the first character at or after ``offset`` that is not blank or a comment."""
-    while offset < len(sql):
-        if sql[offset].isspace():
-            offset += 1
-        elif sql.startswith("--", offset):
-            end = sql.find("\n", offset)
-            offset = len(sql) if end < 0 else end + 1
-        elif sql.startswith("/*", offset):
-            end = sql.find("*/", offset + 2)
-            offset = len(sql) if end < 0 else end + 2
-        else:
-            break
-    return offset
 
 
 # ----------------------------------------------------------------------------- effects outside the transaction
