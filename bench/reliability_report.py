@@ -39,7 +39,7 @@ def run_suite(long: bool, pytest_args: list[str]) -> tuple[dict[str, Any], dict[
         else:
             env.pop("MIGRATE_LONG_TESTS", None)
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider",
+        subprocess.run([sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider", "-n", "0",
                         f"--junitxml={junit_path}", *pytest_args], cwd=ROOT, env=env, check=False)
         seconds = time.monotonic() - started
         figures = json.loads(figures_path.read_text()) if figures_path.exists() else {"sections": {}}
