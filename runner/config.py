@@ -96,16 +96,16 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> tupl
         path = (cwd / path_text) if not os.path.isabs(path_text) else Path(path_text)
         if not _is_file(path):
             raise ConfigError(f"{source}: config file not found: {path_text}")
-        data = _read_toml(path)
+        data = read_toml(path)
         if path.name == "pyproject.toml":
             return path, data.get("tool", {}).get("migrate", {})
         return path, data
     candidate = cwd / "migrate.toml"
     if _is_file(candidate):
-        return candidate, _read_toml(candidate)
+        return candidate, read_toml(candidate)
     candidate = cwd / "pyproject.toml"
     if _is_file(candidate):
-        table = _read_toml(candidate).get("tool", {}).get("migrate")
+        table = read_toml(candidate).get("tool", {}).get("migrate")
         if table is not None:
             return candidate, table
     return None, {}
@@ -119,7 +119,8 @@ def _is_file(path: Path) -> bool:
                           " (run from a directory this user can read, or pass --config)") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read or parsed."""
     import tomllib  # only when there is a file to read
 
     try:

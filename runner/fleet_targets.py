@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.config import read_toml
 from runner.errors import ConfigError, DatabaseUnreachable, UsageError
 from runner.secrets import redact_url
 
@@ -83,21 +84,10 @@ def _expect(value: Any, kind: type, where: str) -> Any:
 
 def load_fleet_file(path: Path, default_url: str | None, env: Mapping[str, str] | None = None) -> FleetFile:
     """Parse a fleet file (TOML); raises ConfigError naming the file and the key."""
-    import tomllib
-
     env = os.environ if env is None else env
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"fleet file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte 0x{err.object[err.start]:02x}"
-                          f" at offset {err.start})") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if not os.path.lexists(path):
+        raise ConfigError(f"fleet file not found: {path}")
+    data = read_toml(path)
     for key in data:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{path}: unknown key '{key}' (known: {', '.join(sorted(_TOP_KEYS))})")
