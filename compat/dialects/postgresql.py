@@ -288,22 +288,31 @@ class PostgresShims:
         for name, attnum in columns:
             if attnum not in live:
                 raise ColumnGone(name, attnum)
+        items = [sql.SQL("{} AS {}").format(sql.Identifier(live[attnum].name), sql.Identifier(name))
+                 for name, attnum in columns]
+        self._make_view(db, schema=schema, view=view, table=table, items=items, plain=columns, live=live,
+                        comment=comment)
+
+    def _make_view(self, db: Database, *, schema: str, view: str, table: TableRef, items: list[Any],
+                   plain: list[tuple[str, int]], live: Any, comment: str) -> None:
+        """CREATE VIEW ``schema.view`` AS SELECT ``items`` FROM ``table`` (security_invoker), in a
+        schema created if needed; the table's defaults on the ``plain`` columns (view name, attnum),
+        the comment, and the table's privileges."""
+        sql = _sql()
         target = sql.Identifier(schema, view)
-        select_list = sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(sql.Identifier(live[attnum].name), sql.Identifier(name)) for name, attnum in columns)
         options = sql.SQL(" WITH (security_invoker = true)") if db.dialect.server_version(db) >= 150000 else sql.SQL("")
         if self.schema_owner(db, schema) is None:
             db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         db.execute(sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {}").format(
-            target, options, select_list, sql.Identifier(table.schema, table.name)))
-        for name, attnum in columns:
+            target, options, sql.SQL(", ").join(items), sql.Identifier(table.schema, table.name)))
+        for name, attnum in plain:
             column = live[attnum]
             if column.default is not None and not column.generated:
                 db.execute(sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
                     target, sql.Identifier(name), sql.SQL(column.default)))
         if comment:
             db.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(target, sql.Literal(comment)))
-        self.grant_like_table(db, schema=schema, view=view, table=table, columns=columns)
+        self.grant_like_table(db, schema=schema, view=view, table=table, columns=plain)
 
     @staticmethod
     def _grantee(role: str | None) -> Any:
@@ -568,21 +577,8 @@ class PostgresShims:
             else:
                 source = sql.SQL("NULL::{}").format(sql.SQL(p.type))
             items.append(sql.SQL("{} AS {}").format(source, sql.Identifier(p.name)))
-        target = sql.Identifier(schema, view)
-        options = sql.SQL(" WITH (security_invoker = true)") if db.dialect.server_version(db) >= 150000 else sql.SQL("")
-        if self.schema_owner(db, schema) is None:
-            db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        db.execute(sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {}").format(
-            target, options, sql.SQL(", ").join(items), sql.Identifier(ref.schema, ref.name)))
         plain = [(p.name, p.attnum) for p in presented if p.show in ("column", "rename")]
-        for name, attnum in plain:
-            column = live[attnum]
-            if column.default is not None and not column.generated:
-                db.execute(sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
-                    target, sql.Identifier(name), sql.SQL(column.default)))
-        if comment:
-            db.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(target, sql.Literal(comment)))
-        self.grant_like_table(db, schema=schema, view=view, table=ref, columns=plain)
+        self._make_view(db, schema=schema, view=view, table=ref, items=items, plain=plain, live=live, comment=comment)
         return stored(presented, hidden, entries)
 
     def shape_keys(self, db: Database, names: list[tuple[str | None, str]] | None) -> list[int]:
