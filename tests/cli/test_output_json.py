@@ -102,7 +102,7 @@ def test_up_losing_the_connection_leaves_the_migrations_in_doubt_unconfirmed(pg_
         killed = False
         deadline = time.monotonic() + 60
         while not killed and time.monotonic() < deadline and proc.poll() is None:
-            killed = admin.execute("SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query "
+            killed = admin.execute("SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND query "
                                    "LIKE '%%pg_sleep(60)%%' AND pid <> pg_backend_pid()").fetchone()[0] or False
             time.sleep(0.1)
     out, err = proc.communicate(timeout=60)

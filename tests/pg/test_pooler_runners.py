@@ -109,7 +109,7 @@ def test_sigkilled_runner_leaves_no_lock_beyond_its_lease(bouncer, pg_url, tmp_p
     victim = spawn_up(url, folder, env=env)
     with psycopg.connect(pg_url, autocommit=True) as watch:
         for _ in range(600):
-            if watch.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(300)%%' "
+            if watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%%pg_sleep(300)%%' "
                              "AND pid <> pg_backend_pid()").fetchone()[0]:
                 break
             time.sleep(0.05)
@@ -126,7 +126,7 @@ def test_sigkilled_runner_leaves_no_lock_beyond_its_lease(bouncer, pg_url, tmp_p
         assert history(pg_url) == sorted(Path(f).stem for f in SEEDED)
         assert "applied 3 migration(s)" in result.stdout
         # the killed runner's statement did not go on running on a server connection
-        assert watch.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(300)%%' "
+        assert watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%%pg_sleep(300)%%' "
                              "AND pid <> pg_backend_pid()").fetchone()[0] == 0
     assert runner_locks_left(pg_url) == (0, 0)
 

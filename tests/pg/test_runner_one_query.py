@@ -43,7 +43,7 @@ def test_the_server_receives_migration_bookkeeping_and_commit_in_one_query(pg_ur
         deadline = time.monotonic() + 20
         with psycopg.connect(pg_url, autocommit=True) as conn:
             while time.monotonic() < deadline and not seen:
-                row = conn.execute("SELECT query FROM pg_stat_activity WHERE application_name = 'migrate' "
+                row = conn.execute("SELECT query FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'migrate' "
                                    "AND query LIKE '%pg_sleep(1.5)%'").fetchone()
                 if row:
                     seen.append(row[0])

@@ -46,7 +46,7 @@ def _wait_for_query(url: str, fragment: str, timeout: float = 20) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'migrate' AND query LIKE %s",
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'migrate' AND query LIKE %s",
                 (f"%{fragment}%",),
             ).fetchone()
             if row:
