@@ -106,21 +106,12 @@ def detect(setting: str, told_pid: int, server_pid: int, connect_args: dict[str,
 def admin_console_mode(connect_args: dict[str, Any]) -> str | None:
     """The pool mode PgBouncer's admin console reports for this database, None when it does not
     answer (not PgBouncer, or a user outside ``admin_users``/``stats_users``)."""
-    import psycopg
-
-    args = {k: v for k, v in connect_args.items() if k not in ("options",)}
-    database = args.get("dbname")
-    args.update(dbname="pgbouncer", connect_timeout="3")
-    try:
-        with psycopg.connect(**args, autocommit=True) as console:
-            console.prepare_threshold = None
-            databases = console.execute("SHOW DATABASES")
-            names = [d.name for d in databases.description or []]
-            rows = [dict(zip(names, row)) for row in databases.fetchall()]
-            config = {row[0]: row[1] for row in console.execute("SHOW CONFIG").fetchall()}
-    except psycopg.Error as err:
-        log.debug("pgbouncer admin console not readable", error=str(err).splitlines()[0] if str(err) else "")
+    database = connect_args.get("dbname")
+    answers = _admin_console({k: v for k, v in connect_args.items() if k != "options"}, "SHOW DATABASES", "SHOW CONFIG")
+    if answers is None:
         return None
+    rows, settings = answers
+    config = {row["key"]: row["value"] for row in settings}
     row = next((r for r in rows if r.get("name") == database), None) or next(
         (r for r in rows if r.get("name") == "*"), None)
     mode = (row or {}).get("pool_mode") or config.get("pool_mode")
@@ -142,20 +133,33 @@ def admin_console_clients(connect_args: dict[str, Any]) -> list[PoolerClient] | 
     """Clients connected to PgBouncer for this database (not the runner's own connections,
     whose application_name starts with ``migrate``), None when the admin console does not
     answer."""
-    import psycopg
-
-    args = dict(connect_args)
-    database = args.get("dbname")
-    args.update(dbname="pgbouncer", connect_timeout="3")
-    try:
-        with psycopg.connect(**args, autocommit=True) as console:
-            console.prepare_threshold = None
-            cursor = console.execute("SHOW CLIENTS")
-            names = [d.name for d in cursor.description or []]
-            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    except psycopg.Error:
+    database = connect_args.get("dbname")
+    answers = _admin_console(dict(connect_args), "SHOW CLIENTS")
+    if answers is None:
         return None
+    (rows,) = answers
     return [PoolerClient(str(r.get("user")), str(r.get("database")), str(r.get("state")),
                          f"{r.get('addr')}:{r.get('port')}", str(r.get("application_name") or ""))
             for r in rows if r.get("database") == database
             and not str(r.get("application_name") or "").startswith("migrate")]
+
+
+def _admin_console(connect_args: dict[str, Any], *commands: str) -> list[list[dict[str, Any]]] | None:
+    """The rows (as dicts by column name) PgBouncer's admin console answers to each of ``commands``,
+    connecting as the runner's user to the ``pgbouncer`` database; None when it does not answer."""
+    import psycopg
+
+    args = dict(connect_args)
+    args.update(dbname="pgbouncer", connect_timeout="3")
+    answers = []
+    try:
+        with psycopg.connect(**args, autocommit=True) as console:
+            console.prepare_threshold = None
+            for command in commands:
+                cursor = console.execute(command)
+                names = [d.name for d in cursor.description or []]
+                answers.append([dict(zip(names, row)) for row in cursor.fetchall()])
+    except psycopg.Error as err:
+        log.debug("pgbouncer admin console not readable", error=str(err).splitlines()[0] if str(err) else "")
+        return None
+    return answers
