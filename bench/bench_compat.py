@@ -28,18 +28,17 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
+
+from benchlib import scratch_database  # noqa: E402
 
 TABLE = "remediation_workflow_catalog"
 M017 = "017_add_execution_bundle"
@@ -50,23 +49,6 @@ SHIMS_MAIN = (
     "import sys\nfrom runner import cli as c\nfrom compat.cli import shims\n"
     "if 'shims' not in c.cli.commands:\n    c.cli.add_command(shims)\nsys.exit(c.main(sys.argv[1:]))"
 )
-
-
-def with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    name = f"bench_compat_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_db(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextmanager
@@ -100,7 +82,7 @@ def bench_rename(admin_url: str, rows: int) -> dict[str, float]:
     """Seconds to fill; ms to apply 018 (rename + add column + shim + bookkeeping) in process."""
     from runner import commands
 
-    with migrations_copy() as folder, scratch_database(admin_url) as url:
+    with migrations_copy() as folder, scratch_database(admin_url, "bench_compat") as url:
         settings = settings_for(url, folder)
         commands.up(settings, to=M017)
         started = time.perf_counter()
@@ -178,7 +160,7 @@ def consumer_loop(url: str, search_path: str, column: str, stats: LoopStats, sto
 def bench_rollout(admin_url: str, seconds: float, rows: int = 100_000) -> dict[str, object]:
     from runner import commands
 
-    with migrations_copy() as folder, scratch_database(admin_url) as url:
+    with migrations_copy() as folder, scratch_database(admin_url, "bench_compat") as url:
         commands.up(settings_for(url, folder), to=M017)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
@@ -212,7 +194,7 @@ def bench_audit(admin_url: str, shims: int = 1000, expired: int = 100) -> dict[s
     from runner.hooks import MigrationContext
     from runner.migration import Directive, MigrationFile, Statement
 
-    with scratch_database(admin_url) as url:
+    with scratch_database(admin_url, "bench_compat") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("BEGIN")
             for i in range(shims):

@@ -34,35 +34,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 
-
-def with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    name = f"bench_shapes_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_db(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+from benchlib import scratch_database  # noqa: E402
 
 
 def settings_for(url: str, folder: Path, mode: str):
@@ -100,7 +80,7 @@ def bench_auto_cost(admin_url: str, count: int, rounds: int, noop_runs: int) -> 
         noop_ratio: list[float] = []
         for n in range(rounds):
             order = ("declared", "auto") if n % 2 == 0 else ("auto", "declared")
-            with scratch_database(admin_url) as url_a, scratch_database(admin_url) as url_b:
+            with scratch_database(admin_url, "bench_shapes") as url_a, scratch_database(admin_url, "bench_shapes") as url_b:
                 settings = {mode: settings_for(url, folder, mode) for mode, url in zip(order, (url_a, url_b))}
                 for mode in order:
                     apply[mode].append(timed(settings[mode]))
@@ -164,7 +144,7 @@ def bench_alters(admin_url: str, tables: int, pileup: int) -> list[list[str]]:
             ("without shims (no windows)", False, "declared", False, tables),
             ("with shims: 3 windows, each view of the table rebuilt", True, "declared", True, tables),
             (f"auto mode, first {pileup}: each also opens a window (3 -> {pileup + 3})", True, "auto", True, pileup)):
-        with tempfile.TemporaryDirectory() as top, scratch_database(admin_url) as url:
+        with tempfile.TemporaryDirectory() as top, scratch_database(admin_url, "bench_shapes") as url:
             folder = setup_windows(Path(top) / "m", tables)
             settings = settings_for(url, folder, "auto")
             commands.up(settings, to="004_add_c3", compat=windows)
@@ -213,7 +193,7 @@ def consumer_loop(url: str, c: Consumer, tables: int, stop: threading.Event) -> 
 def bench_rollout(admin_url: str, tables: int, seconds: float, mode: str) -> tuple[list[list[str]], list[str]]:
     from runner import commands
 
-    with tempfile.TemporaryDirectory() as top, scratch_database(admin_url) as url:
+    with tempfile.TemporaryDirectory() as top, scratch_database(admin_url, "bench_shapes") as url:
         folder = setup_windows(Path(top) / "m", tables)
         settings = settings_for(url, folder, "auto")
         commands.up(settings, to="004_add_c3")
@@ -250,7 +230,7 @@ def bench_rollout(admin_url: str, tables: int, seconds: float, mode: str) -> tup
 def bench_size(admin_url: str, rows: int) -> list[str]:
     from runner import commands
 
-    with tempfile.TemporaryDirectory() as top, scratch_database(admin_url) as url:
+    with tempfile.TemporaryDirectory() as top, scratch_database(admin_url, "bench_shapes") as url:
         folder = write(Path(top) / "m", {"001_t.sql": "CREATE TABLE big (id bigint PRIMARY KEY, a int, b text);\n",
                                          "002_rename.sql": "ALTER TABLE big RENAME COLUMN b TO b2;\n"})
         settings = settings_for(url, folder, "auto")
