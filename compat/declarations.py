@@ -84,8 +84,7 @@ class RenameDeclaration:
     @property
     def qualified_table(self) -> str:
         """The table as it would be written in a directive (quoted where needed)."""
-        parts = [self.schema, self.table] if self.schema else [self.table]
-        return ".".join(quote_ident(p) for p in parts)
+        return qualified_name(self.schema, self.table)
 
     @property
     def text(self) -> str:
@@ -132,8 +131,8 @@ class ShapeDeclaration:
 
     @property
     def qualified_table(self) -> str:
-        parts = [self.schema, self.table] if self.schema else [self.table]
-        return ".".join(quote_ident(p) for p in parts)
+        """The table as it would be written in a directive (quoted where needed)."""
+        return qualified_name(self.schema, self.table)
 
     @property
     def text(self) -> str:
@@ -156,6 +155,11 @@ class ShapeDeclaration:
         if self.until is not None:
             return self.until
         return start + (self.window if self.window is not None else default_window)
+
+
+def qualified_name(schema: str | None, table: str) -> str:
+    """``schema.table`` (or ``table``) as a directive writes it, quoted where needed."""
+    return ".".join(quote_ident(p) for p in ([schema, table] if schema else [table]))
 
 
 def quote_ident(name: str) -> str:
