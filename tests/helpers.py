@@ -6,6 +6,7 @@ imports from here. The suite's server is ``MIGRATE_TEST_DATABASE_URL`` (see conf
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -20,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import psycopg.sql
 
+import forkserver
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MIGRATIONS = ROOT / "migrations"
 CONTRACTS = ROOT / "contracts"
@@ -31,6 +34,10 @@ _SCRUBBED = ("DATABASE_URL", "MIGRATE_MIGRATIONS", "MIGRATE_CONFIG", "MIGRATE_LO
 
 
 # ----------------------------------------------------------------------------- running the CLI
+_FORKS = forkserver.Client()
+atexit.register(_FORKS.stop)
+
+
 @dataclass
 class Result:
     """One finished `migrate` run."""
@@ -70,9 +77,14 @@ def run_migrate(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
                 json_logs: bool = False) -> Result:
     """Run the ``migrate`` CLI in a subprocess, as a user or a pipeline would. A traceback fails the test."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT,
-                          env=migrate_env(env, json_logs), capture_output=True, text=True, timeout=timeout)
-    result = Result(list(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    full_env = migrate_env(env, json_logs)
+    if forkserver.needs_own_interpreter(full_env):
+        proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or ROOT,
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:  # the same process, forked from one that has imported the CLI already (tests/forkserver.py)
+        code, stdout, stderr = _FORKS.run(list(args), full_env, cwd or ROOT, timeout)
+    result = Result(list(args), code, stdout, stderr, time.monotonic() - started)
     assert "Traceback" not in result.stderr, result.describe()
     return result
 
