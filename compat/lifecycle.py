@@ -124,11 +124,6 @@ def expired_message(expired: list[Shim]) -> str:
             f"or extend them (migrate shims extend NAME --by 7d --reason ...)")
 
 
-def active_summary(db: Database) -> list[dict[str, Any]]:
-    """Active shims as JSON objects, soonest expiry first (printed at the end of ``migrate up``)."""
-    return [s.to_json() for s in sorted(Registry(db).shims("active"), key=lambda s: s.expires_at)]
-
-
 def describe_delta(delta: timedelta) -> str:
     """``in 13d 23h`` / ``2h 5m ago``."""
     seconds = int(delta.total_seconds())

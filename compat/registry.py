@@ -169,3 +169,8 @@ class Registry:
             (json.dumps(columns), json.dumps(renames), ", ".join(r["old"] for r in renames),
              ", ".join(r["new"] for r in renames), table_name or shim.table_name, shim.id))
         return self.get(shim.id)
+
+
+def active_summary(db: Database) -> list[dict[str, Any]]:
+    """Active shims as JSON objects, soonest expiry first (printed at the end of ``migrate up``)."""
+    return [s.to_json() for s in sorted(Registry(db).shims("active"), key=lambda s: s.expires_at)]

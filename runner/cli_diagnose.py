@@ -1,8 +1,8 @@
 """Click commands: ``doctor``, ``snapshot``, ``adopt``, ``lint``, ``check-files``, ``envs``; plus
 what the core commands call for diagnosis (``verify --consumer``, ``up --lint``, ``status --database A --database B``).
 
-Register with ``for command in COMMANDS: cli.add_command(command)``. Each
-command returns its exit code (see README.md).
+runner.cli imports this module when one of these commands is named (``_Commands.ELSEWHERE``).
+Each command returns its exit code (see docs/cli.md).
 """
 
 from __future__ import annotations
@@ -222,5 +222,3 @@ def envs(inv: Any, targets: tuple[str, ...]) -> int:
         raise errors.UsageError("envs: no [environments] in the config and no NAME or URL given")
     return multi_status(inv, targets)
 
-
-COMMANDS = [doctor, snapshot, adopt, lint, check_files, envs]

@@ -14,18 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from compat.hook import CompatHook
-from runner import adopt, history, preflight, statement_kinds
+from compat import registry
+from runner import history, preflight, statement_kinds
 from runner.config import Settings
 from runner.db import Database, open_database, transaction
-from runner.engine import Engine
 from runner.errors import ConfigError, DatabaseUnreachable, DriftError, UsageError
 from runner.hooks import MigrationHook
 from runner.ids import resolve_id, resolve_ids
 from runner.lock import runner_lock
 from runner.logs import get_logger
 from runner.migration import MigrationFile
-from runner.snapshot import SnapshotHook
 from runner.sources import load_folder, load_migrations
 from runner.status import Status, compute, drift_lines
 
@@ -68,6 +66,12 @@ def default_hooks(settings: Settings, compat: bool = True, final_migration_id: s
     snapshot per run (in that migration's transaction) instead of one per migration, which
     would make a long run quadratic (see :class:`runner.snapshot.SnapshotHook`).
     """
+    # Imported here, when there is something to apply: the hook, its declaration parser and its
+    # view builders are most of what `migrate up` would import, and a no-op `up` runs no hook
+    # (bench/bench_runner.py, no-op up).
+    from compat.hook import CompatHook
+    from runner.snapshot import SnapshotHook
+
     # Always present: with --no-compat it still checks declared renames and protects existing
     # shims, it just creates none (nor when [compat] enabled = false).
     return [CompatHook(create_shims=compat), SnapshotHook(final_migration_id)]
@@ -129,6 +133,8 @@ def _what_to_apply(db: Database, files: list[MigrationFile], to: str | None, fol
     todo = _select_up_to(files, state.pending, to)
     statement_kinds.refuse_transaction_control(todo)  # BEGIN/COMMIT... in a transactional migration: exit 2
     if not state.applied:
+        from runner import adopt  # only on a database with no history of the runner's
+
         foreign = adopt.foreign_history(db)
         if foreign is not None:
             raise DriftError(
@@ -286,6 +292,7 @@ def _up(settings: Settings, result: UpResult, todo_ids: list[str], begun: list[s
             result.warnings = folder_warnings(settings, files, state)
             todo_ids.extend(m.id for m in todo)
             if todo:  # a no-op `up` needs neither the tables, the engine nor the hooks
+                from runner.engine import Engine
                 from runner.heartbeat import Heartbeat
 
                 history.ensure_tables(db)
@@ -333,6 +340,9 @@ def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile]
     """Each hook in its own transaction, with the lock timeout and retries of a migration and
     without the compat checks; the last one stores the schema snapshot (under ``last_applied``),
     so what the hooks build is part of what ``doctor`` expects."""
+    from runner.engine import Engine
+    from runner.snapshot import SnapshotHook
+
     engine = Engine(db, settings, [SnapshotHook(final_migration_id=hooks[-1].id, label=last_applied)])
     done = []
     for hook in hooks:
@@ -351,13 +361,13 @@ def _run_post_apply(db: Database, settings: Settings, hooks: list[MigrationFile]
 
 def _active_shims(db: Database) -> list[dict[str, Any]]:
     """The active shims `up` lists at the end."""
-    from compat import lifecycle
-
-    return lifecycle.active_summary(db)
+    return registry.active_summary(db)
 
 
 def down(settings: Settings, *, to: str | None = None, steps: int | None = None) -> DownResult:
     """Roll back the last ``steps`` applied migrations (default 1), or all after ``to``."""
+    from runner.engine import Engine  # not at the top: a no-op `up` does not import the engine
+
     if to is not None and steps is not None:
         raise UsageError("give either --to or --steps, not both")
     started = time.perf_counter()

@@ -22,7 +22,6 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from compat.declarations import check_config_renames, declarations_for, window_problem
 from runner.config import Settings
 from runner.durations import parse_duration
 from runner.errors import ConfigError, MigrationFileError
@@ -37,6 +36,10 @@ def check_pending(settings: Settings, files: Sequence[MigrationFile], pending: S
                   now: datetime | None = None) -> None:
     """Raise (exit 2) on the first problem in ``pending`` or the ``[[renames]]`` entries; ``files`` are
     all migrations in the folder (a config entry may name an applied one)."""
+    if not pending and not settings.renames:
+        return  # a no-op `up` does not need the declaration parser (bench/bench_runner.py, no-op up)
+    from compat.declarations import check_config_renames, declarations_for, window_problem
+
     now = now or datetime.now(timezone.utc)
     check_config_renames(settings, list(files))
     max_window = _max_window(settings)

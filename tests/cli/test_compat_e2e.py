@@ -18,7 +18,6 @@ SHIM = f"compat_017.{TABLE}"
 M017 = "017_add_execution_bundle"
 M018 = "018_rename_execution_bundle_to_container_image"
 
-# `migrate shims ...`; registers the group first when runner/cli.py does not yet (no-op once it does).
 def shims_cli(*args: str, cwd: Path | None = None) -> Result:
     return run_migrate("shims", *args, cwd=cwd)
 

@@ -74,7 +74,9 @@ def test_readme_stays_a_front_door() -> None:
 
 def _commands(group: click.Group, path: tuple[str, ...] = ()):
     yield path, group
-    for name, sub in group.commands.items():
+    with click.Context(group) as ctx:  # list_commands/get_command: some are loaded when named
+        subs = [(name, group.get_command(ctx, name)) for name in group.list_commands(ctx)]
+    for name, sub in subs:
         if isinstance(sub, click.Group):
             yield from _commands(sub, (*path, name))
         else:

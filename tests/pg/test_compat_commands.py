@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from compat import lifecycle, routes
+from compat import lifecycle, registry, routes
 from runner.config import Settings
 from helpers import expire_shims, url_as
 from runner.db import connect
@@ -44,7 +44,7 @@ def test_list_and_summary(shimmed):
         "name": SHIM, "table": f"public.{TABLE}", "old": "execution_bundle", "new": "container_image",
         "schema": "compat_017", "status": "active"}
     assert datetime.fromisoformat(data["expires_at"]) > datetime.now(timezone.utc) + timedelta(days=13)
-    (summary,) = lifecycle.active_summary(shimmed)
+    (summary,) = registry.active_summary(shimmed)
     assert summary["name"] == SHIM and summary["expires_at"] == data["expires_at"]
     assert lifecycle.list_shims(shimmed, "dropped") == []
 
