@@ -1,24 +1,35 @@
-"""structlog set-up: human-readable on a terminal, JSON lines otherwise; always stderr.
+"""Logging set-up: JSON lines when stderr is not a terminal, structlog's console renderer on one.
 
 Console lines keep the order in which an event names its keys (not sorted), and carry colours
 only on a terminal without ``NO_COLOR`` (runner.console.use_color). `migrate up` on the console
 shows its progress through runner.console instead of one event per step.
 
-Modules take their logger from :func:`get_logger`: structlog is imported (and the CLI's
-configuration applied) when the first event is logged, so a command that logs nothing, such as
-a no-op `migrate up` or `migrate status`, does not pay for importing it.
+JSON lines, what a pipeline reads, are written by :class:`JsonLines`: one ``json.dumps`` of the
+event's keys, then ``event``, ``level`` and ``timestamp`` (ISO 8601, UTC), exactly what structlog's
+``add_log_level``, ``TimeStamper(fmt="iso", utc=True)`` and ``JSONRenderer`` print
+(tests/unit/test_logs.py compares the two). It is not structlog because structlog costs a
+command ~10 ms to import, 4% of a no-op `migrate up`, which logs the database it migrates
+first (bench/bench_runner.py: the no-op `up` against yoyo's).
+
+Modules take their logger from :func:`get_logger`; the configuration the CLI asks for
+(:func:`configure`) is applied when the first event is logged, so a command that logs nothing
+imports neither.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from runner.secrets import redact_data
 
 # The configuration asked for by configure(), applied before the next event; None once applied.
 _pending: tuple[str, int] | None = None
+# The JSON lines writer once the configuration asks for JSON (else structlog renders).
+_json: JsonLines | None = None
 
 
 def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -43,17 +54,46 @@ def resolve(log_format: str) -> str:
     return log_format
 
 
+class JsonLines:
+    """Events as JSON lines on stderr, from ``level`` up (see the module's docstring)."""
+
+    _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+               "error": logging.ERROR, "critical": logging.CRITICAL}
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def method(self, name: str) -> Any:
+        level = "warning" if name == "warn" else name
+        if level not in self._LEVELS:
+            raise AttributeError(name)
+        if self._LEVELS[level] < self.level:
+            return _ignore
+
+        def log(event: str, **values: Any) -> None:
+            line = {**values, "event": event, "level": level,
+                    "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
+            sys.stderr.write(json.dumps(_redact_secrets(None, level, line), default=repr) + "\n")
+            sys.stderr.flush()
+        return log
+
+
+def _ignore(event: str, **values: Any) -> None:
+    """A filtered-out event."""
+
+
 def _apply(log_format: str, level: int) -> None:
+    global _json
+    log_format = resolve(log_format)
+    if log_format == "json":
+        _json = JsonLines(level)
+        return
+    _json = None
     import structlog
 
-    log_format = resolve(log_format)
-    renderer: Any
-    if log_format == "console":
-        from runner.console import use_color
+    from runner.console import use_color
 
-        renderer = structlog.dev.ConsoleRenderer(colors=use_color(sys.stderr), sort_keys=False)
-    else:
-        renderer = structlog.processors.JSONRenderer()
+    renderer = structlog.dev.ConsoleRenderer(colors=use_color(sys.stderr), sort_keys=False)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -83,6 +123,8 @@ class _Logger:
         if _pending is not None:
             settings, _pending = _pending, None
             _apply(*settings)
+        if _json is not None:
+            return _json.method(method)
         if self._proxy is None:
             import structlog
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 Format = Literal["sql", "goose", "python"]
 # The name prefix of yoyo's post-apply hooks: files that are not migrations (runner.sources.load_folder).
@@ -54,6 +54,10 @@ class MigrationFile:
     transactional: bool = True
     depends: tuple[str, ...] = ()
     directives: list[Directive] = field(default_factory=list)
+    # What runner.sources has not split yet: direction ("up", "down") -> the function that splits
+    # it. ``up``/``down`` split on first use, so a no-op `migrate up` splits none of the applied
+    # files (nor imports PostgreSQL's parser to do so: bench/bench_runner.py).
+    deferred: dict[str, Callable[[], list[Statement]]] = field(default_factory=dict, repr=False, compare=False)
     up: list[Statement] = field(default_factory=list)
     down: list[Statement] = field(default_factory=list)
     # For Python migrations: the loaded yoyo steps (runner.yoyo_adapter), and whether any has a rollback.
@@ -71,3 +75,25 @@ class MigrationFile:
     @property
     def has_down(self) -> bool:
         return bool(self.down) or self.python_rollback
+
+
+def _statements(direction: str) -> property:
+    """``MigrationFile.up``/``down``: the statements, split from the file on first use."""
+    stored = "_" + direction
+
+    def get(self: MigrationFile) -> list[Statement]:
+        split = self.deferred.pop(direction, None)
+        if split is not None:
+            setattr(self, stored, split())
+        return getattr(self, stored)
+
+    def put(self: MigrationFile, statements: list[Statement]) -> None:
+        self.__dict__.get("deferred", {}).pop(direction, None)
+        setattr(self, stored, statements)
+
+    return property(get, put)
+
+
+# After the dataclass is made: its __init__ assigns the fields, through these properties.
+MigrationFile.up = _statements("up")  # type: ignore[assignment]
+MigrationFile.down = _statements("down")  # type: ignore[assignment]

@@ -144,10 +144,11 @@ def read_migration(path: str | Path, has_rollback_file: bool | None = None) -> M
         migration.up, migration.down = goose.up, goose.down
         migration.transactional = goose.transactional
     else:
-        migration.up = split_statements(text)
+        migration.deferred["up"] = lambda: split_statements(text)
         rollback = path[:-len(name)] + stem + ".rollback.sql"
         if has_rollback_file or (has_rollback_file is None and os.path.isfile(rollback)):
-            migration.down = split_statements(read_text(rollback))
+            rollback_text = read_text(rollback)  # read now: a bad file is an error when the folder is read
+            migration.deferred["down"] = lambda: split_statements(rollback_text)
     _apply_directives(migration)
     return migration
 
