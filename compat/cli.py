@@ -4,6 +4,10 @@ A click group over :mod:`compat.lifecycle` and :mod:`compat.routes`. ``ctx.obj``
 ``Invocation`` (settings, open_database(), emit(data, text)); global options
 (--database, --format, ...) belong to the runner and are not redefined here.
 Every command returns its exit code; errors are MigrateError subclasses.
+
+Each command imports what it runs inside its own function: `migrate --help` lists every command
+(and so loads this module) without importing psycopg, yoyo or the library behind the commands
+(bench/bench_runner.py: cold start).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from runner.durations import format_duration
 from runner.errors import DriftError, LockTimeout, UsageError
 from runner.lock import runner_lock
 from runner.logs import get_logger
+from runner.pooler import admin_console_clients
 
 if TYPE_CHECKING:
     from runner.db import Database
@@ -224,8 +225,6 @@ def _through_pooler(db: Database, shims: list[Shim], active: list[Route]) -> tup
     """What a connection pooler hides from the in-use check, said, and what its admin console
     shows: clients of roles routed to the shims' schemas connected to the pooler (even idle, with
     no server connection of their own)."""
-    from runner.pooler import admin_console_clients
-
     found = db.facts.get("pooler")
     if found is None or not found.pooled:
         return [], []

@@ -76,7 +76,7 @@ class Shim:
     @property
     def shape(self) -> dict[str, list[str]]:
         """What the view hides, renames, casts and fills (see compat.shapes.describe)."""
-        from compat.shapes import describe
+        from compat.shapes import describe  # not at the top: every `migrate up` reads shims, few describe them
 
         return describe(self.columns)
 

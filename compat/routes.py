@@ -19,12 +19,14 @@ from compat.declarations import quote_ident
 from compat.dialects import for_database
 from compat.model import Route, Shim
 from compat.registry import Registry
+from runner.config import Settings
 from runner.db import transaction
+from runner.dialects.postgresql import split_search_path
 from runner.errors import UsageError
 from runner.logs import get_logger
+from runner.urls import redact
 
 if TYPE_CHECKING:
-    from runner.config import Settings
     from runner.db import Database
 
 log = get_logger("migrate.compat")
@@ -141,8 +143,6 @@ def _set_role_path(db: Database, role: str, value: str | None) -> None:
     as PostgreSQL prints it; '' or '""' is the empty search_path), or RESET it (None)."""
     from psycopg import sql
 
-    from runner.dialects.postgresql import split_search_path
-
     target = sql.SQL("ALTER ROLE {} IN DATABASE {}").format(
         sql.Identifier(role), sql.Identifier(db.scalar("SELECT pg_catalog.current_database()")))
     if value is None:
@@ -186,8 +186,6 @@ def connect_info(db: Database, as_of: str, settings: Settings) -> ConnectInfo:
 
     The URL keeps the configured one's parameters but yoyo's ``schema=`` (libpq rejects it) and
     adds the search_path to its ``options`` (merged with the options it already has)."""
-    from runner.urls import redact
-
     label, schema, shims = _schema_for(db, as_of, settings)
     builder = for_database(db)
     builder.require_ours(db, schema, Registry(db), f"point version {label} consumers at {schema}")
@@ -217,8 +215,6 @@ def route(db: Database, role: str, as_of: str, settings: Settings | None = None)
     import psycopg
     from psycopg import sql
 
-    from runner.config import Settings
-
     label, schema, shims = _schema_for(db, as_of, settings or Settings())
     if not db.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone():
         raise UsageError(f"role {role} does not exist")
@@ -239,8 +235,6 @@ def route(db: Database, role: str, as_of: str, settings: Settings | None = None)
             previous = role_setting(db, role, in_database=True)
             base = previous if previous is not None else (role_setting(db, role, in_database=False)
                                                           or _database_setting(db))
-            from runner.dialects.postgresql import split_search_path
-
             names = _search_path(split_search_path(base), schema)
             _set_role_path(db, role, ", ".join(sql.Identifier(n).as_string(db.connection) for n in names))
             setting = role_setting(db, role, in_database=True) or ""

@@ -28,10 +28,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner import yoyo_adapter
-from runner.errors import NOT_AT_HEAD, MigrateError, UsageError
+from runner import history as runner_history, yoyo_adapter
+from runner.db import open_database, transaction
+from runner.errors import MigrateError, NOT_AT_HEAD, UsageError
+from runner.lock import runner_lock
 from runner.logs import get_logger
 from runner.migration import MigrationFile
+from runner.snapshot import store_snapshot, take_snapshot
+from runner.sources import load_migrations
 
 log = get_logger("migrate.adopt")
 
@@ -347,12 +351,6 @@ def _versions_text(by_version: dict[int | None, MigrationFile]) -> str:
 def adopt(settings: Any, tool: str, *, apply: bool = False, table: str | None = None,
           allow_gaps: bool = False) -> AdoptionPlan:
     """Read ``tool``'s history, map it, and (with ``apply``) record the mapping."""
-    from runner import history as runner_history
-    from runner.db import open_database, transaction
-    from runner.lock import runner_lock
-    from runner.snapshot import store_snapshot, take_snapshot
-    from runner.sources import load_migrations
-
     if tool not in READERS:
         raise UsageError(f"adopt: unknown tool {tool!r} (supported: {', '.join(TOOLS)})")
     migrations = load_migrations(settings.migrations, settings.sources.get("migrations"))

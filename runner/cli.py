@@ -3,6 +3,10 @@
 Global options (--database, --migrations, --config, --format, --log-format)
 are accepted before or after the command name. Errors a user can cause are
 printed as one line on stderr with a documented exit code (see runner.errors).
+
+Each command imports what it runs inside its own function: `migrate --help` lists every command
+(and so loads this module) without importing psycopg, yoyo or the library behind the commands
+(bench/bench_runner.py: cold start).
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@ what the core commands call for diagnosis (``verify --consumer``, ``up --lint``,
 
 runner.cli imports this module when one of these commands is named (``_Commands.ELSEWHERE``).
 Each command returns its exit code (see docs/cli.md).
+
+Each command imports what it runs inside its own function: `migrate --help` lists every command
+(and so loads this module) without importing psycopg, yoyo or the library behind the commands
+(bench/bench_runner.py: cold start).
 """
 
 from __future__ import annotations

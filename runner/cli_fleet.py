@@ -11,6 +11,10 @@ Exit codes: 0 every target ok (``up``: at head; ``status``/``verify``: at head a
 target failed or was not run (each one's reason is on its line); 2 bad options, fleet file or
 targets (nothing was run, unless a stream of targets failed midway); 5 the catalog database of
 ``--targets-sql`` is unreachable.
+
+Each command imports what it runs inside its own function: `migrate --help` lists every command
+(and so loads this module) without importing psycopg, yoyo or the library behind the commands
+(bench/bench_runner.py: cold start).
 """
 
 from __future__ import annotations

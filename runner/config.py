@@ -17,6 +17,7 @@ from typing import Any
 from runner.durations import parse_duration, parse_lock_timeout
 from runner.errors import ConfigError
 from runner.pooler import SETTINGS as pooler_settings
+from runner.urls import parse_url
 
 DEFAULT_DATABASE = "sqlite:///migrate.db"
 
@@ -292,8 +293,6 @@ def check_text(value: Any, setting: str, source: str, max_length: int = MAX_VALU
 
 def check_database_url(value: Any, source: str) -> str:
     """A database URL that parses (:func:`runner.urls.parse_url`); errors name ``source``."""
-    from runner.urls import parse_url
-
     check_text(value, "database", source)
     try:
         parse_url(value)

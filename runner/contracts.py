@@ -40,7 +40,9 @@ from compat.declarations import declared_renames
 from compat.dialects import for_database
 from compat.model import Shim
 from compat.registry import Registry
+from runner import history
 from runner.errors import ConfigError
+from runner.sources import load_migrations
 
 if TYPE_CHECKING:
     from runner.db import Database
@@ -357,9 +359,6 @@ def load_contracts(paths: Sequence[Path | str]) -> list[Contract]:
 def verify_consumers(db: Any, settings: Any, contract_files: Sequence[Contract | Path | str]) -> ContractReport:
     """The entry point for ``migrate verify --consumer FILE``: files are read before the database is touched
     (Contract objects, e.g. from runner.model_contracts, are taken as they are)."""
-    from runner import history
-    from runner.sources import load_migrations
-
     contracts = [c if isinstance(c, Contract) else load_contract(Path(c)) for c in contract_files]
     migrations = load_migrations(settings.migrations, settings.sources.get("migrations"))
     applied = [a.migration_id for a in history.read_applied(db)]

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from runner.dialects import for_url
 from runner.errors import DatabaseUnreachable
+from runner.secrets import redact_text
 from runner.urls import DatabaseURL, parse_url, redact
 
 if TYPE_CHECKING:
@@ -115,8 +117,6 @@ class Database:
 
 def one_line(err: BaseException, url: str | None = None) -> str:
     """The first meaningful line of a driver error, with any password removed."""
-    from runner.secrets import redact_text
-
     text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
     if url:
         text = text.replace(url, redact(url))
@@ -132,8 +132,6 @@ def connect(url: str | DatabaseURL, *, schema: str | None = None, read_only: boo
     ``pooler``: ``auto`` (detect a connection pooler), ``none``, ``session`` or ``transaction``
     (PostgreSQL; see :mod:`runner.pooler`).
     """
-    from runner.dialects import for_url
-
     parsed = url if isinstance(url, DatabaseURL) else parse_url(url)
     dialect = for_url(parsed)
     try:

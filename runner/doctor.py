@@ -44,6 +44,7 @@ from runner import adopt, history
 from runner.db import Database, transaction
 from runner.errors import UsageError
 from runner.lock import holder
+from runner.pooler import consequences
 from runner.snapshot import Change, diff_snapshots, latest_snapshot, store_snapshot, take_snapshot
 from runner.sources import load_folder
 from runner.status import compute
@@ -128,8 +129,6 @@ def empty_folder_finding(folder: Any, applied: int) -> Finding:
 
 def pooler_finding(db: Database) -> Finding | None:
     """A connection pooler in front of the server, and what changes through it (runner.pooler)."""
-    from runner.pooler import consequences
-
     found = db.facts.get("pooler")
     if found is None or not found.pooled:
         return None

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner import errors
+from runner.db import one_line
+from runner.dialects import error_kind
 from runner.secrets import redact_data, redact_text
 
 # Kind of an error class that names none, by its exit code.
@@ -62,7 +64,6 @@ def from_exception(err: BaseException) -> Failure | None:
     code = _database_error_code(err)
     if code is None:
         return None
-    from runner.db import one_line
 
     what = "lost the connection to the database" if code == errors.UNREACHABLE else "database error"
     return Failure("unreachable" if code == errors.UNREACHABLE else "database", f"{what}: {one_line(err)}", code,
@@ -73,7 +74,5 @@ def _database_error_code(err: BaseException) -> int | None:
     """Exit code for a driver error raised outside a migration (those the executor translates):
     5 when the connection is gone, 2 for the rest (e.g. no CREATE privilege for the runner's
     tables); None when ``err`` is no database error at all (a bug: let it show)."""
-    from runner.dialects import error_kind
-
     kind = error_kind(err)
     return None if kind is None else errors.UNREACHABLE if kind == "connection" else errors.USAGE

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compat.declarations import declarations_from
 from runner.errors import MigrateError, MigrationFileError
-from runner.lint import LintFinding, LintReport
-from runner.migration import POST_APPLY, MigrationFile
+from runner.lint import LintFinding, LintReport, check_lint_directives
+from runner.migration import MigrationFile, POST_APPLY
+from runner.sources import read_migration, read_text
 
 RULES: dict[str, str] = {
     "invalid-file": "a migration file the runner cannot read or parse, or a malformed directive",
@@ -80,9 +82,6 @@ def _finding(path: str, line: int | None, rule: str, message: str, fix: str) -> 
 
 def _check_directives(migration: MigrationFile, renames: Sequence[dict[str, Any]]) -> None:
     """Raise MigrationFileError for a malformed ``-- compat:`` or ``-- lint:`` directive."""
-    from compat.declarations import declarations_from
-    from runner.lint import check_lint_directives
-
     declarations_from(migration, renames)
     if migration.format != "python":
         text = Path(migration.path).read_text(encoding="utf-8-sig")
@@ -91,8 +90,6 @@ def _check_directives(migration: MigrationFile, renames: Sequence[dict[str, Any]
 
 def check_files(paths: Iterable[str], renames: Sequence[dict[str, Any]] = ()) -> FileCheckReport:
     """Check the given migration files and their folders; every problem is a finding."""
-    from runner.sources import read_migration, read_text
-
     report = FileCheckReport()
     given: dict[str, list[str]] = {}  # folder -> paths given in it
     read: dict[str, MigrationFile] = {}

@@ -18,13 +18,19 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from compat import lifecycle
+from compat.registry import Registry
 from runner import commands, history
+from runner.cli_diagnose import run_lint
 from runner.config import Settings
 from runner.db import connect
+from runner.doctor import diagnose, lock_finding
 from runner.errors import UsageError
 from runner.fleet_executor import FleetOptions, run_waves
 from runner.fleet_report import FAILED, Reporter, TargetResult, error_fields
 from runner.fleet_targets import Target, Wave
+from runner.sources import load_folder, load_migrations
+from runner.status import compute
 from runner.urls import parse_url
 
 
@@ -71,10 +77,6 @@ def up(settings: Settings, target: Target, *, compat: bool = True) -> TargetResu
 def status(settings: Settings, target: Target, *, files: list[Any]) -> TargetResult:
     """The `envs` row of one target, plus since when it is not at head: the time its last applied
     migration was applied. ``ok`` only at head without drift."""
-    from compat.registry import Registry
-    from runner.doctor import lock_finding
-    from runner.status import compute
-
     own = target_settings(settings, target)
     with connect(own.database, schema=own.schema, read_only=True) as db:
         lock = lock_finding(db)
@@ -115,8 +117,6 @@ def verify(settings: Settings, target: Target) -> TargetResult:
 # -------------------------------------------------------------------------- shims audit
 def shims_audit(settings: Settings, target: Target, *, warn_within: timedelta) -> TargetResult:
     """Expired and soon-expiring shims of the target (each target has its own windows)."""
-    from compat import lifecycle
-
     own = target_settings(settings, target)
     with connect(own.database, schema=own.schema, read_only=True) as db:
         report = lifecycle.audit(db, warn_within)
@@ -134,8 +134,6 @@ def shims_audit(settings: Settings, target: Target, *, warn_within: timedelta) -
 
 # ------------------------------------------------------------------------------ doctor
 def doctor(settings: Settings, target: Target) -> TargetResult:
-    from runner.doctor import diagnose
-
     own = target_settings(settings, target)
     with connect(own.database, schema=own.schema, read_only=True) as db:
         found = diagnose(db, own)
@@ -151,8 +149,6 @@ def doctor(settings: Settings, target: Target) -> TargetResult:
 # -------------------------------------------------------------------------------- lint
 def lint(settings: Settings, target: Target) -> TargetResult:
     """Lint the migrations pending on the target, with its server version and active shims."""
-    from runner.cli_diagnose import run_lint
-
     own = target_settings(settings, target)
     with connect(own.database, schema=own.schema, read_only=True) as db:
         report = run_lint(own, db=db)
@@ -175,8 +171,6 @@ def action_for(command: str, settings: Settings, *, compat: bool = True,
     if command == "up":
         return partial(up, settings, compat=compat)
     if command == "status":
-        from runner.sources import load_migrations
-
         return partial(status, settings, files=load_migrations(settings.migrations))
     if command == "shims-audit":
         return partial(shims_audit, settings, warn_within=warn_within)
@@ -191,8 +185,6 @@ def run(command: str, settings: Settings, waves: Iterable[Wave], options: FleetO
     """Run ``command`` over the waves of targets; every result goes to ``reporter`` as it comes.
 
     The migrations folder is read (and checked) once before any target is touched."""
-    from runner.sources import load_folder
-
     load_folder(settings.migrations)
     run_waves(waves, action_for(command, settings, **kwargs), options, reporter)
     return reporter

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from runner import errors
+from runner.db import one_line
+from runner.dialects import error_kind
 from runner.secrets import redact_text
 
 SUCCEEDED, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -82,9 +84,6 @@ class Summary:
 
 def error_fields(err: BaseException) -> tuple[str, str, int]:
     """(kind, one-line message, exit code) of an error raised while working on a target."""
-    from runner.db import one_line
-    from runner.dialects import error_kind
-
     kinds = {errors.LockTimeout: "lock", errors.MigrationFailed: "migration", errors.DatabaseUnreachable: "unreachable",
              errors.DriftError: "drift", errors.UntrustedObject: "untrusted"}
     if isinstance(err, errors.MigrateError):

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.config import read_toml
+from runner.db import one_line
 from runner.errors import ConfigError, DatabaseUnreachable, UsageError
 from runner.secrets import redact_url
+from runner.urls import parse_url
 
 _TARGET_KEYS = {"url", "url_env", "schema", "tags", "group"}
 _WAVE_KEYS = {"name", "select"}
@@ -201,9 +203,6 @@ def query_targets(catalog_url: str, query: str, template: str | None) -> Iterato
     Each row is ``value`` or ``name, value``: a value is a database URL, a schema name, or a tenant
     id for ``--schema-template``; schemas live in the catalog database."""
     import psycopg
-
-    from runner.db import one_line
-    from runner.urls import parse_url
 
     address = parse_url(catalog_url)
     if address.dialect != "postgresql":  # the catalog query is read through psycopg

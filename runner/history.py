@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from runner import yoyo_adapter
+from runner.db import transaction
 from runner.identity import actor, host, os_user
 from runner.migration import MigrationFile
 
@@ -44,8 +45,6 @@ class AppliedMigration:
 
 def ensure_tables(db: Database) -> None:
     """Create the runner's schema, its tables and yoyo's if missing (call under the runner's lock)."""
-    from runner.db import transaction
-
     if db.table_exists(HISTORY) and db.table_exists(yoyo_adapter.MIGRATION_TABLE):
         return
     db.dialect.ensure_schema(db)

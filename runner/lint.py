@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compat.declarations import DeclarationError, declarations_from, is_rename, parse_shape
+from compat.registry import Registry
 from runner.errors import ConfigError, MigrationFileError
 
 if TYPE_CHECKING:
@@ -159,8 +161,6 @@ def check_lint_directives(migration: MigrationFile, text: str | None) -> None:
 
 def _declared_renames(migration: MigrationFile, renames: Sequence[dict[str, Any]]) -> set[tuple[str, str, str]]:
     """(table, old, new) triples declared for ``migration``, exactly as the compat hook reads them."""
-    from compat.declarations import declarations_from
-
     return {(d.table, d.old, d.new) for d in declarations_from(migration, renames)}
 
 
@@ -372,8 +372,6 @@ class _Linter:
 
 def _declared_shapes(migration: MigrationFile) -> set[tuple[str, str, str | None]]:
     """(kind, table, column or new table name) of the migration's add/drop/retype/rename-table directives."""
-    from compat.declarations import DeclarationError, is_rename, parse_shape
-
     found: set[tuple[str, str, str | None]] = set()
     for directive in migration.directives_named("compat"):
         if is_rename(directive.value):
@@ -442,6 +440,4 @@ def lint_migrations(migrations: Sequence[MigrationFile], settings_disable: Seque
 
 def read_active_shims(db: Database) -> list[Shim]:
     """Active shims from the compat registry ([] when there is no registry)."""
-    from compat.registry import Registry
-
     return Registry(db).shims("active")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runner.lint import RULES as LINT_RULES, LintFinding, LintReport
+from runner.filecheck import RULES as FILE_RULES
+from runner.lint import LintFinding, LintReport, RULES as LINT_RULES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SRCROOT = "SRCROOT"
@@ -38,8 +39,6 @@ class Rule:
 
 def catalog() -> list[Rule]:
     """Every rule ``lint`` and ``check-files`` can report, in a stable order."""
-    from runner.filecheck import RULES as FILE_RULES
-
     return ([Rule(rid, text, _LINT_PAGE) for rid, text in LINT_RULES.items()]
             + [Rule(rid, text, _FILES_PAGE) for rid, text in FILE_RULES.items()])
 

@@ -16,7 +16,7 @@ from compat.registry import Registry
 from runner import history
 from runner.db import connect, one_line
 from runner.doctor import lock_finding
-from runner.errors import MigrateError, UsageError
+from runner.errors import MigrateError, OK, UNREACHABLE, UsageError
 from runner.snapshot import diff_snapshots, latest_snapshot, take_snapshot
 from runner.sources import load_migrations
 from runner.status import compute
@@ -130,6 +130,4 @@ def exit_code(rows: Sequence[EnvStatus]) -> int:
     The state of each environment is in its row (and ``healthy`` in JSON); the
     gate for one database remains `migrate verify`.
     """
-    from runner.errors import OK, UNREACHABLE
-
     return UNREACHABLE if any(not r.reachable for r in rows) else OK

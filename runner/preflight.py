@@ -26,6 +26,7 @@ from runner.config import Settings
 from runner.durations import parse_duration
 from runner.errors import ConfigError, MigrationFileError
 from runner.migration import MigrationFile
+from runner.sources import read_text
 from runner.sqlfile import DIRECTIVES
 
 _COMMENT_WORD = re.compile(r"^\s*--\s*([A-Za-z_][A-Za-z_-]*)\s*:")
@@ -67,7 +68,6 @@ def _check_directive_spelling(migration: MigrationFile) -> None:
     """A header comment ``-- word: ...`` whose word is close to a directive name but is none."""
     if migration.format == "python":
         return
-    from runner.sources import read_text
 
     for number, line in enumerate(read_text(migration.path).split("\n"), 1):
         if not _COMMENT_OR_BLANK.match(line):

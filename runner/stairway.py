@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runner import commands
 from runner.config import Settings
-from runner.errors import MigrateError, MIGRATION_FAILED
+from runner.db import open_database
+from runner.errors import MIGRATION_FAILED, MigrateError
+from runner.snapshot import diff_snapshots, take_snapshot
+from runner.sources import load_migrations
 
 
 class StairwayFailed(MigrateError):
@@ -37,16 +41,11 @@ class StairwayResult:
 
 
 def _shape(settings: Settings) -> dict:
-    from runner.db import open_database
-    from runner.snapshot import take_snapshot
-
     with open_database(settings) as db:
         return take_snapshot(db, settings.compat.sqlite_view_template)
 
 
 def _differences(expected: dict, actual: dict) -> str:
-    from runner.snapshot import diff_snapshots
-
     return "; ".join(f"{c.change} {c.object}" + (f" ({c.detail})" if c.detail else "")
                      for c in diff_snapshots(expected, actual))
 
@@ -54,9 +53,6 @@ def _differences(expected: dict, actual: dict) -> str:
 def check_stairway(settings: Settings) -> StairwayResult:
     """Up, down, up again for each migration of ``settings.migrations`` in order, on the (empty)
     database of ``settings``; raises StairwayFailed at the first step that fails."""
-    from runner import commands
-    from runner.sources import load_migrations
-
     checked: list[str] = []
     for migration in load_migrations(settings.migrations):
         mid = migration.id

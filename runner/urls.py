@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from runner.errors import ConfigError
+from runner.secrets import redact_url
 
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "psql", "postgresql+psycopg3"}
 _DEFAULT_ARGS = {"connect_timeout": "10", "application_name": "migrate"}
@@ -52,8 +53,6 @@ def _known_parameters() -> frozenset[str]:
 
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***`` (see :mod:`runner.secrets`)."""
-    from runner.secrets import redact_url
-
     return redact_url(url)
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from runner.db import one_line
+from runner.dialects import for_url
 from runner.durations import parse_duration
 from runner.errors import DatabaseUnreachable, UsageError
 from runner.logs import get_logger
@@ -70,9 +72,6 @@ def _attempt_address(address: DatabaseURL, remaining_s: float) -> DatabaseURL:
 
 def check_ready(address: DatabaseURL, *, schema: str | None = None, read_only: bool = True) -> str | None:
     """One attempt: None when the database accepts a connection and can be migrated, else why not."""
-    from runner.db import one_line
-    from runner.dialects import for_url
-
     dialect = for_url(address)
     try:
         db = dialect.connect(address, schema=schema, read_only=read_only)

@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from runner.db import Database, quote_identifier
+from runner import lease, pooler as poolers
+from runner.db import Database, one_line, quote_identifier, transaction
 from runner.dialects import Activity, Blocker, LockHolder, ScriptFailed
 from runner.errors import DatabaseUnreachable, UntrustedObject
 from runner.logs import get_logger
-from runner.urls import DatabaseURL
+from runner.pooler import DIRECT
+from runner.urls import DatabaseURL, parse_url
 
 log = get_logger("migrate.postgresql")
 LOCK_CLASS = 0x6D677274  # "mgrt": first key of the runner's two-int advisory lock
@@ -88,8 +90,6 @@ class PostgreSQL:
     def connect(self, address: DatabaseURL, *, schema: str | None, read_only: bool, pooler: str = "auto") -> Database:
         import psycopg
 
-        from runner import pooler as poolers
-
         kwargs = dict(CLIENT_KEEPALIVES)
         kwargs.update(address.connect_args)
         connection = psycopg.connect(**kwargs, autocommit=True)
@@ -137,8 +137,6 @@ class PostgreSQL:
     @staticmethod
     def pooler(db: Database) -> Any:
         """The connection pooler in front of the server (:class:`runner.pooler.Pooler`)."""
-        from runner.pooler import DIRECT
-
         return db.facts.get("pooler", DIRECT)
 
     def _schema_exists(self, db: Database, schema: str) -> bool:
@@ -150,8 +148,6 @@ class PostgreSQL:
             try:
                 db.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(db.schema)}")
             except self.errors as err:
-                from runner.db import one_line
-
                 raise DatabaseUnreachable(f"cannot create the runner's schema {db.schema}: {one_line(err)}") from None
 
     def placeholders(self, sql: Any) -> Any:
@@ -234,8 +230,6 @@ class PostgreSQL:
     def read_untrusted(self, db: Database, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a query on a table another role may own (another tool's history): with row
         security off, no policy of that role's runs as the runner (a table that needs one raises)."""
-        from runner.db import transaction
-
         with transaction(db):
             db.execute("SET LOCAL row_security = off")
             return db.execute(sql, params).fetchall()
@@ -353,8 +347,6 @@ class PostgreSQL:
     def server_message(self, err: BaseException) -> str:
         """A server error as one line: message, detail and hint, without the ``LINE n:`` excerpt
         (which counts lines of the query as sent, not of the migration file)."""
-        from runner.db import one_line
-
         diag = getattr(err, "diag", None)
         primary = getattr(diag, "message_primary", None)
         if not primary:
@@ -373,8 +365,6 @@ class PostgreSQL:
     def try_lock(self, db: Database) -> bool:
         """The session advisory lock (a direct connection), else a lease (through a pooler: see
         :mod:`runner.lease`); each refuses while the other kind is held."""
-        from runner import lease
-
         if self.pooler(db).pooled:
             held = db.facts.get("lease")
             if held is None:
@@ -396,8 +386,6 @@ class PostgreSQL:
         db.execute("SELECT pg_catalog.pg_advisory_unlock(%s::pg_catalog.int4, %s::pg_catalog.int4)", self.lock_key(db))
 
     def lock_holder(self, db: Database) -> LockHolder | None:
-        from runner import lease
-
         held = db.facts.get("lease")
         leased = lease.live_holder(db, held.token if held is not None else None)
         if leased is not None:
@@ -467,8 +455,6 @@ class PostgreSQL:
         import psycopg
         from psycopg import sql
 
-        from runner.urls import parse_url
-
         with psycopg.connect(**parse_url(server_url).connect_args, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         parts = urlsplit(server_url)
@@ -480,8 +466,6 @@ class PostgreSQL:
 
         import psycopg
         from psycopg import sql
-
-        from runner.urls import parse_url
 
         name = unquote(urlsplit(url).path[1:])
         with psycopg.connect(**parse_url(server_url).connect_args, autocommit=True) as conn:

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from runner.db import Database
+from runner.db import Database, one_line
 from runner.dialects import Activity, Blocker, LockHolder
 from runner.errors import ConfigError, DatabaseUnreachable
+from runner.identity import host, os_user
 from runner.urls import DatabaseURL
 
 
@@ -84,8 +85,6 @@ class SQLite:
         return None
 
     def actor(self, db: Database) -> tuple[str, str]:
-        from runner.identity import host, os_user
-
         return os_user(), f"pid {os.getpid()}@{host()}"
 
     def table_exists(self, db: Database, name: str) -> bool:
@@ -137,8 +136,6 @@ class SQLite:
         return False
 
     def server_message(self, err: BaseException) -> str:
-        from runner.db import one_line
-
         return one_line(err)
 
     # -- the runner's lock: flock on <database>.lock --------------------------------------
