@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import ADMIN_URL, EXAMPLE_MIGRATIONS, admin_connect, run_migrate, with_database
+from helpers import (ADMIN_URL, EXAMPLE_MIGRATIONS, PG_BIN, PrivateCluster, admin_connect, new_private_cluster,
+                     run_migrate, with_database)
 
 
 @pytest.fixture
@@ -116,7 +117,13 @@ def migrate():
     return run_migrate
 
 
-PG_BIN = Path(os.environ.get("MIGRATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+@pytest.fixture(scope="session")
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A throwaway PostgreSQL cluster of the session's own (helpers.new_private_cluster), for tests marked
+    ``private_cluster``. Tests that leave it stopped, or change its settings, take their own
+    ``new_private_cluster()`` instead."""
+    with new_private_cluster() as cluster:
+        yield cluster
 
 
 def _missing(marker: str) -> str | None:

@@ -1,4 +1,5 @@
-"""The one helper stack of the test suite: running the CLI, writing migrations, reading the catalog.
+"""The one helper stack of the test suite: running the CLI, writing migrations, reading the catalog,
+a throwaway PostgreSQL cluster of a test's own.
 
 Fixtures live in conftest.py and build on these; every layer (unit, pg, sqlite, cli, reliability)
 imports from here. The suite's server is ``MIGRATE_TEST_DATABASE_URL`` (see conftest.py).
@@ -9,11 +10,17 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -231,3 +238,120 @@ def error_lines(stderr: str) -> list[str]:
         elif event.get("event") == "problem":
             lines.append(f"migrate: {event['command']}: {event['problem']}")
     return lines
+
+
+# ----------------------------------------------------------------------------- a private cluster
+PG_BIN = Path(os.environ.get("MIGRATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+"""PostgreSQL server binaries (initdb, pg_ctl) for :func:`new_private_cluster`."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (55432 and up, clear of the shared server)."""
+    for _ in range(200):
+        port = 55432 + int.from_bytes(os.urandom(2), "big") % 2000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a private PostgreSQL cluster")
+
+
+def _as_postgres(*command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``command`` as the ``postgres`` OS user (initdb refuses root; the suite runs as root, as CI does)."""
+    return subprocess.run(["runuser", "-u", "postgres", "--", *command],
+                          capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@dataclass
+class PrivateCluster:
+    """A PostgreSQL server a test owns (tests marked ``private_cluster``): stop, start, restart,
+    crash or promote it at will; the suite's shared server is never touched."""
+
+    directory: Path  # the temporary directory: data directories, logs and the Unix sockets
+    port: int
+    extra_options: str = ""  # more server options, e.g. "-c shared_preload_libraries=pg_stat_statements"
+    name: str = "data"  # this server's data directory, inside ``directory``
+    copies: list[PrivateCluster] = field(default_factory=list)  # standby_copy() results, stopped at the end
+
+    @property
+    def data(self) -> Path:
+        return self.directory / self.name
+
+    def admin_url(self, database: str = "postgres") -> str:
+        """The superuser ``postgres`` (trust auth) on 127.0.0.1."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   f"{self.extra_options}").strip()
+        return _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l",
+                            str(self.directory / f"{self.name}.log"), "-w", "-t", "60", "-o", options, *args,
+                            check=check, timeout=90)
+
+    def start(self) -> None:
+        self.pg_ctl("start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop and wait (``immediate``: a crash); nothing happens if it is not running."""
+        self.pg_ctl("stop", "-m", mode, check=False)
+
+    def restart(self, mode: str = "fast") -> float:
+        """Restart and wait; returns the seconds it took."""
+        started = time.monotonic()
+        self.pg_ctl("restart", "-m", mode)
+        return time.monotonic() - started
+
+    def promote(self) -> None:
+        self.pg_ctl("promote")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def standby_copy(self) -> PrivateCluster:
+        """A copy of this (stopped) cluster on a port of its own that starts as a standby: in recovery,
+        accepting read-only connections, with no primary to follow, until promoted. Not started."""
+        assert not self.running(), "stop the cluster before copying it"
+        port = free_port()
+        copy = PrivateCluster(self.directory, port, self.extra_options, name=f"standby-{port}")
+        _as_postgres("cp", "-a", str(self.data), str(copy.data))
+        _as_postgres("touch", str(copy.data / "standby.signal"))
+        self.copies.append(copy)
+        return copy
+
+    def create_database(self) -> str:
+        name = f"rel_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        return name
+
+
+@contextmanager
+def new_private_cluster(extra_options: str = "", start: bool = True) -> Iterator[PrivateCluster]:
+    """A throwaway cluster (initdb as the ``postgres`` OS user in a temporary directory, on a free port;
+    trust for ``postgres``, scram-sha-256 for everyone else), running unless ``start`` is false, and
+    stopped (``immediate``) and removed afterwards, standby copies included."""
+    directory = Path(tempfile.mkdtemp(prefix="migrate-pg-"))
+    shutil.chown(directory, "postgres")
+    os.chmod(directory, 0o755)
+    cluster = PrivateCluster(directory, free_port(), extra_options)
+    try:
+        _as_postgres(str(PG_BIN / "initdb"), "-D", str(cluster.data), "-U", "postgres", "-A", "trust", "--no-sync",
+                     "-E", "UTF8", "--locale=C")
+        hba = cluster.data / "pg_hba.conf"
+        hba.write_text(
+            "local all all trust\n"
+            "host all postgres 127.0.0.1/32 trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n",
+            encoding="utf-8",
+        )
+        shutil.chown(hba, "postgres")
+        if start:
+            cluster.start()
+        yield cluster
+    finally:
+        for server in [*cluster.copies, cluster]:
+            if server.running():
+                server.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)

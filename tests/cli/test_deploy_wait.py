@@ -1,112 +1,17 @@
 """`migrate wait` and `up --wait` against a private PostgreSQL cluster started after the command.
 
-The cluster (initdb + pg_ctl of PostgreSQL 15 in a temporary directory, on a free port) runs as
-an unprivileged user through ``runuser`` when the tests run as root (initdb refuses root), as CI
-does. The first progress line on stderr is read before the server (or the database) is made, so
-the command is known to have been waiting: no sleeps, no timed assertions.
+The cluster is the suite's throwaway one (helpers.new_private_cluster: initdb + pg_ctl of
+PostgreSQL 15 as the ``postgres`` OS user, in a temporary directory, on a free port), so those
+tests are marked ``private_cluster``. The first progress line on stderr is read before the server
+(or the database) is made, so the command is known to have been waiting: no sleeps, no timed
+assertions.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-
-PG_BIN = Path(os.environ.get("MIGRATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _unprivileged_user() -> str | None:
-    """The user to run the server as when we are root (None: run as ourselves)."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    raise RuntimeError("running as root and no unprivileged user (postgres, nobody) to run initdb as")
-
-
-@dataclass
-class Cluster:
-    """A data directory, its port and how to start, stop and promote it."""
-
-    root: Path
-    data: Path
-    port: int
-    user: str | None
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [str(PG_BIN / args[0]), *args[1:]]
-        if self.user:
-            command = ["runuser", "-u", self.user, "--", *command]
-        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / f"log-{self.port}"),
-                  "-w", "-t", "60", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def promote(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
-
-    def standby_copy(self) -> Cluster:
-        """A copy of this (stopped) cluster that starts as a standby on its own port: in recovery,
-        accepting read-only connections, with no primary to follow, until promoted."""
-        target = self.root / f"standby-{free_port()}"
-        shutil.copytree(self.data, target, symlinks=True)
-        (target / "standby.signal").touch()
-        if self.user:
-            shutil.chown(target, self.user)
-            for path in target.rglob("*"):
-                shutil.chown(path, self.user)
-        return Cluster(self.root, target, free_port(), self.user)
-
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-
-def make_cluster() -> Cluster:
-    """initdb a new cluster (trust auth, superuser postgres) in a fresh temporary directory."""
-    user = _unprivileged_user()
-    root = Path(tempfile.mkdtemp(prefix="migrate-pgcluster-"))
-    root.chmod(0o755)
-    if user:
-        shutil.chown(root, user)
-    cluster = Cluster(root, root / "data", free_port(), user)
-    cluster._run("initdb", "-D", str(cluster.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
-    return cluster
-
-
-def remove_cluster(cluster: Cluster) -> None:
-    for data in [cluster.data, *cluster.root.glob("standby-*")]:
-        if (data / "postmaster.pid").exists():
-            Cluster(cluster.root, data, cluster.port, cluster.user)._run("pg_ctl", "-D", str(data), "-m",
-                                                                          "immediate", "-w", "stop")
-    shutil.rmtree(cluster.root, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------ tests
 import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -115,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import ADMIN_URL, ROOT, admin_connect, run_migrate, with_database as _with_database
-from helpers import history
+from helpers import ADMIN_URL, ROOT, PrivateCluster, admin_connect, free_port, new_private_cluster, run_migrate
+from helpers import history, with_database as _with_database
 
 PASSWORD = "s3cret-wait"
 
@@ -126,12 +31,11 @@ def with_password(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    made = make_cluster()
-    try:
+def cluster() -> Iterator[PrivateCluster]:
+    """A cluster of this module's own (not started: the tests start it after the command), since they
+    leave it stopped and put standby copies next to it."""
+    with new_private_cluster(start=False) as made:
         yield made
-    finally:
-        remove_cluster(made)
 
 
 def start_migrate(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -153,10 +57,12 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def test_wait_until_a_server_started_later_accepts_connections(cluster: Cluster) -> None:
+@pytest.mark.private_cluster
+def test_wait_until_a_server_started_later_accepts_connections(cluster: PrivateCluster) -> None:
     if cluster.running():
         cluster.stop()
-    proc = start_migrate("wait", "--timeout", "60s", "--format", "json", "--database", with_password(cluster.url))
+    proc = start_migrate("wait", "--timeout", "60s", "--format", "json", "--database",
+                         with_password(cluster.admin_url()))
     try:
         event = first_event(proc)
         assert event["event"] == "waiting for the database"
@@ -191,14 +97,15 @@ def test_up_wait_until_the_database_is_created(example_migrations) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_a_standby_is_waited_for_until_promoted(cluster: Cluster) -> None:
+@pytest.mark.private_cluster
+def test_a_standby_is_waited_for_until_promoted(cluster: PrivateCluster) -> None:
     if cluster.running():
         cluster.stop()
     standby = cluster.standby_copy()
     standby.start()
-    with psycopg.connect(standby.url, autocommit=True) as conn:
+    with psycopg.connect(standby.admin_url(), autocommit=True) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-    proc = start_migrate("wait", "--timeout", "60s", "--database", standby.url)
+    proc = start_migrate("wait", "--timeout", "60s", "--database", standby.admin_url())
     try:
         event = first_event(proc)
         assert "in recovery" in event["reason"]

@@ -3,22 +3,17 @@
 * ``target``: a fresh PostgreSQL database plus a runner role WITH a password
   (the suite's secret); ``target.url`` contains that password, so every output
   of every run is checked for it (see harness.check_no_secret).
-* ``private_cluster``: a throwaway PostgreSQL cluster of our own (initdb +
-  pg_ctl as the ``postgres`` OS user, in a temporary directory, on a free port),
-  for the restart scenario: the shared server on 5432 is never restarted.
+* ``private_target``: a database and a runner role on the ``private_cluster``
+  fixture of tests/conftest.py (a throwaway cluster of our own, see
+  helpers.new_private_cluster), for the restart scenario: the shared server on
+  5432 is never restarted.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from helpers import PrivateCluster
 from reliability import harness
-
-PG_BIN = Path(os.environ.get("MIGRATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,94 +93,6 @@ def folder(tmp_path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- private cluster
-def _free_port() -> int:
-    for _ in range(200):
-        port = 55432 + int.from_bytes(os.urandom(2), "big") % 2000
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for the private PostgreSQL cluster")
-
-
-@dataclass
-class PrivateCluster:
-    """A PostgreSQL server we own: restart it at will."""
-
-    directory: Path
-    port: int
-    extra_options: str = ""  # more server options, e.g. "-c shared_preload_libraries=pg_stat_statements"
-
-    @property
-    def data(self) -> Path:
-        return self.directory / "data"
-
-    def admin_url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   f"{self.extra_options}").strip()
-        return subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data),
-             "-l", str(self.directory / "server.log"), "-w", "-t", "60", "-o", options, *args],
-            capture_output=True, text=True, check=check, timeout=90,
-        )
-
-    def restart(self, mode: str = "fast") -> float:
-        started = time.monotonic()
-        self.pg_ctl("restart", "-m", mode)
-        return time.monotonic() - started
-
-    def stop(self, mode: str = "fast") -> None:
-        self.pg_ctl("stop", "-m", mode, check=False)
-
-    def start(self) -> None:
-        self.pg_ctl("start")
-
-    def create_database(self) -> str:
-        name = f"rel_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return name
-
-
-@contextmanager
-def new_private_cluster(extra_options: str = "") -> Iterator[PrivateCluster]:
-    """A throwaway cluster (trust for ``postgres``, scram-sha-256 for everyone else), removed afterwards."""
-    directory = Path(tempfile.mkdtemp(prefix="migrate-rel-pg-"))
-    shutil.chown(directory, "postgres")
-    os.chmod(directory, 0o755)
-    cluster = PrivateCluster(directory, _free_port(), extra_options)
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(cluster.data), "-U", "postgres",
-         "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )
-    hba = cluster.data / "pg_hba.conf"
-    hba.write_text(
-        "local all all trust\n"
-        "host all postgres 127.0.0.1/32 trust\n"
-        "host all all 127.0.0.1/32 scram-sha-256\n",
-        encoding="utf-8",
-    )
-    shutil.chown(hba, "postgres")
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def private_cluster() -> Iterator[PrivateCluster]:
-    with new_private_cluster() as cluster:
-        yield cluster
-
-
 @pytest.fixture
 def private_target(private_cluster: PrivateCluster) -> Iterator[Target]:
     """A database on the private cluster and a runner role whose password is really checked."""

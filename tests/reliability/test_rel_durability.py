@@ -14,8 +14,8 @@ import json
 import psycopg
 import pytest
 
+from helpers import new_private_cluster
 from reliability import harness
-from reliability.conftest import new_private_cluster
 from reliability.harness import FIGURES, db_args, run
 
 COUNT = 30

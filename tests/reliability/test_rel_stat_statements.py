@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from reliability.conftest import new_private_cluster
+from helpers import new_private_cluster
 from reliability.harness import db_args, run
 
 ROOT = Path(__file__).resolve().parents[2]

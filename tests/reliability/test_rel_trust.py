@@ -30,7 +30,7 @@ import pytest
 from psycopg import sql
 
 from helpers import ADMIN_URL, url_as
-from helpers import hold_table
+from helpers import hold_table, new_private_cluster
 from reliability import harness
 from reliability.harness import Spawned, db_args, run
 from reliability.issue10 import (CONTRACT_017, LOCK_CLASS, M001, M017, M018, RUNNER_ROLE, all_rows, cli, examples,
@@ -526,8 +526,6 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def dead_host_lab(tmp_path) -> Iterator[dict]:
     """A network namespace joined to the host by a veth pair, and a private cluster listening on the
     host end of it. Yields {ns, server_ip, cluster, cut()}."""
-    from reliability.conftest import new_private_cluster
-
     tag = os.urandom(3).hex()
     ns, host_if, ns_if = f"mgr{tag}", f"mh{tag}", f"mn{tag}"
     third, fourth = os.urandom(1)[0], (os.urandom(1)[0] % 64) * 4
@@ -557,6 +555,7 @@ def dead_host_lab(tmp_path) -> Iterator[dict]:
 
 
 @pytest.mark.needs_root
+@pytest.mark.private_cluster
 def test_dead_runner_host_releases_the_lock_within_90s(dead_host_lab, tmp_path):
     """Issue 10 item 4 (b): a runner whose host dies (network cut, no FIN) while it holds the lock in a long
     migration: another `up` gets the lock within 90 s (the server's keepalives end the dead session)."""
