@@ -18,8 +18,10 @@ see :mod:`compat.shapes`):
     :class:`runner.errors.MigrationFailed`, which rolls the whole migration back.
 
 A non-transactional migration keeps the older path: declared renames only, and a statement that
-would drop or retype a column an active shim exposes is refused before anything runs. On rollback
-of a migration, the shims it created are dropped (and recorded as such) first.
+would drop or retype a column an active shim exposes (or drop its table) is refused before
+anything runs (the builder's ``prepare_refresh`` reads the same :func:`compat.shapes.touched_tables`
+as the shape path). On rollback of a migration, the shims it created are dropped (and recorded as
+such) first.
 """
 
 from __future__ import annotations
@@ -119,12 +121,11 @@ class CompatHook:
         snapshots = [builder.snapshot(ctx, group) for group in _group_by_table(declarations)]
         # Lock the registry's rows: `shims drop`, `extend` and another hook wait for this migration.
         active = registry.shims("active", for_update=True)
-        statements = ctx.migration.statements(ctx.direction)
         if builder.shapes and ctx.migration.transactional:
             self._plans[ctx.migration.id] = self._shape_plan(ctx, builder, active, snapshots)
             return
-        actions = analyse(statements) if ctx.migration.format != "python" else None
-        refresh = builder.prepare_refresh(ctx, active, actions)
+        touches = None if ctx.migration.format == "python" else touched_tables(ctx.migration.statements(ctx.direction))
+        refresh = builder.prepare_refresh(ctx, active, touches)
         if refresh:
             log.info("rebuilding shims around migration", migration=ctx.migration.id,
                      shims=[s.name for s, _ in refresh])
@@ -383,39 +384,3 @@ def _group_by_table(declarations: list[RenameDeclaration]) -> list[list[RenameDe
     for decl in declarations:
         groups.setdefault((decl.schema, decl.table), []).append(decl)
     return list(groups.values())
-
-
-def analyse(statements: list[Any]) -> list[tuple[str, str | None, str, str | None, int]] | None:
-    """What the statements do to existing columns: (kind, schema, table, column, line).
-
-    kind is drop_column, alter_type or drop_table. Returns None when a statement cannot be parsed
-    (the caller then assumes the worst).
-    """
-    from pglast import parse_sql
-    from pglast.enums import AlterTableType, ObjectType
-    from pglast.parser import ParseError
-
-    found: list[tuple[str, str | None, str, str | None, int]] = []
-    for statement in statements:
-        try:
-            parsed = parse_sql(statement.sql)
-        except ParseError:
-            return None
-        for raw in parsed:
-            node = raw.stmt
-            kind = type(node).__name__
-            if kind == "AlterTableStmt" and node.relation is not None:
-                for cmd in node.cmds or ():
-                    if cmd.subtype == AlterTableType.AT_DropColumn:
-                        found.append(("drop_column", node.relation.schemaname, node.relation.relname, cmd.name,
-                                      statement.line))
-                    elif cmd.subtype == AlterTableType.AT_AlterColumnType:
-                        found.append(("alter_type", node.relation.schemaname, node.relation.relname, cmd.name,
-                                      statement.line))
-            elif kind == "DropStmt" and node.removeType == ObjectType.OBJECT_TABLE:
-                for obj in node.objects or ():
-                    names = [getattr(part, "sval", None) for part in obj]
-                    if names and all(names):
-                        schema = names[-2] if len(names) >= 2 else None
-                        found.append(("drop_table", schema, names[-1], None, statement.line))
-    return found

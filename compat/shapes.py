@@ -154,7 +154,15 @@ def describe(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
 # -- which tables a migration touches ---------------------------------------------------------
 @dataclass(frozen=True)
 class Touch:
-    """A statement touching an existing table: ``kind`` alter, rename, rename_table or drop_table."""
+    """A statement touching an existing table: ``kind`` alter, rename, rename_table or drop_table.
+
+    For ``alter`` (one per ALTER TABLE command), ``detail`` is add, drop or retype (None for any
+    other command) and ``column`` the column; for ``rename`` ``column`` is the old name and
+    ``detail`` the new one; for ``rename_table`` ``detail`` is the new table name. ``line`` is the
+    statement's line in the migration file. The one model of what a migration does to existing
+    tables: the shape path (:mod:`compat.hook`) and the refusals of non-transactional migrations
+    (``prepare_refresh`` of :mod:`compat.dialects`) both read these.
+    """
 
     kind: str
     schema: str | None
@@ -170,8 +178,14 @@ _MAYBE_TOUCHES = re.compile(r"(?<![\w$])(alter|drop)(?![\w$])", re.IGNORECASE)
 
 
 def touched_tables(statements: list[Any]) -> list[Touch] | None:
-    """The tables ``statements`` alter, rename or drop (pglast parse tree); tables the same
-    statements create are left out. None when a statement does not parse (assume the worst).
+    """The tables ``statements`` alter, rename or drop (pglast parse tree), in statement order.
+
+    A touch of a table the same statements created *earlier* is left out (that table did not
+    exist before the migration, so it has no shape to keep and no shim); a touch that comes
+    before the CREATE is kept: ``DROP TABLE t; CREATE TABLE t (...)`` and ``ALTER TABLE t RENAME
+    TO t_old; CREATE TABLE t (...)`` change the existing ``t``. ``ALTER TABLE`` only: ``ALTER
+    FOREIGN TABLE``, ``ALTER VIEW`` and the like are not touches (shims are built over ordinary
+    and partitioned tables only). None when a statement does not parse (assume the worst).
     Statements without the words ALTER or DROP are skipped unparsed (the cost of auto mode for a
     migration that only creates things is one regular expression search per statement)."""
     if not any(_MAYBE_TOUCHES.search(s.sql) for s in statements):
@@ -181,7 +195,12 @@ def touched_tables(statements: list[Any]) -> list[Touch] | None:
     from pglast.parser import ParseError
 
     found: list[Touch] = []
-    created: set[tuple[str | None, str]] = set()
+    created: set[tuple[str | None, str]] = set()  # tables created so far
+
+    def touch(t: Touch) -> None:
+        if (t.schema, t.table) not in created and (None, t.table) not in created:
+            found.append(t)
+
     for statement in statements:
         try:
             parsed = parse_sql(statement.sql)
@@ -201,18 +220,18 @@ def touched_tables(statements: list[Any]) -> list[Touch] | None:
                     column = cmd.name
                     if detail == "add" and cmd.def_ is not None:
                         column = cmd.def_.colname
-                    found.append(Touch("alter", rel.schemaname, rel.relname, statement.line, column, detail))
+                    touch(Touch("alter", rel.schemaname, rel.relname, statement.line, column, detail))
             elif kind == "RenameStmt" and node.relation is not None and node.renameType in (
                     ObjectType.OBJECT_TABLE, ObjectType.OBJECT_COLUMN):
                 rel = node.relation
                 if node.renameType == ObjectType.OBJECT_TABLE:
-                    found.append(Touch("rename_table", rel.schemaname, rel.relname, statement.line, None, node.newname))
+                    touch(Touch("rename_table", rel.schemaname, rel.relname, statement.line, None, node.newname))
                 else:
-                    found.append(Touch("rename", rel.schemaname, rel.relname, statement.line, node.subname, node.newname))
+                    touch(Touch("rename", rel.schemaname, rel.relname, statement.line, node.subname, node.newname))
             elif kind == "DropStmt" and node.removeType == ObjectType.OBJECT_TABLE:
                 for obj in node.objects or ():
                     names = [getattr(part, "sval", None) for part in obj]
                     if names and all(names):
-                        found.append(Touch("drop_table", names[-2] if len(names) >= 2 else None, names[-1],
-                                           statement.line))
-    return [t for t in found if (t.schema, t.table) not in created and (None, t.table) not in created]
+                        touch(Touch("drop_table", names[-2] if len(names) >= 2 else None, names[-1],
+                                    statement.line))
+    return found

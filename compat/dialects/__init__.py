@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from compat.declarations import RenameDeclaration
     from compat.model import Route, Shim
     from compat.registry import Registry
-    from compat.shapes import TableShape
+    from compat.shapes import TableShape, Touch
     from runner.config import Settings
     from runner.db import Database
     from runner.hooks import MigrationContext
@@ -67,7 +67,7 @@ class ViewBuilder(Protocol):
 
     # the hook
     def snapshot(self, ctx: MigrationContext, group: list[RenameDeclaration]) -> TableSnapshot: ...
-    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], actions: list[Any] | None
+    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], touches: list[Touch] | None
                         ) -> list[tuple[Shim, Any]]: ...
     def verify(self, ctx: MigrationContext, snap: TableSnapshot) -> None: ...
     def rebuild(self, ctx: MigrationContext, registry: Registry, refresh: list[tuple[Shim, Any]],

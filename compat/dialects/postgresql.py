@@ -37,6 +37,7 @@ from runner.errors import MigrationFailed, UntrustedObject
 
 if TYPE_CHECKING:
     from compat.registry import Registry
+    from compat.shapes import Touch
     from runner.config import Settings
     from runner.db import Database
     from runner.hooks import MigrationContext
@@ -390,12 +391,13 @@ class PostgresShims:
         check_columns(group, {c.name for c in columns}, table.name)
         return TableSnapshot(group, table.name, table.schema, table.oid, [(c.name, c.attnum) for c in columns])
 
-    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], actions: list[Any] | None
+    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], touches: list[Touch] | None
                         ) -> list[tuple[Shim, Any]]:
         """Raise for statements that would destroy an exposed column; drop views that need rebuilding.
 
-        ``actions``: what the statements do to existing columns (see compat.hook.analyse), None
-        when they cannot be told (a Python migration): then every shim is rebuilt around it."""
+        ``touches``: what the statements do to existing tables (:func:`compat.shapes.touched_tables`;
+        column drops, retypes and table drops matter here), None when they cannot be told (a Python
+        migration, a statement that does not parse): then every shim is rebuilt around it."""
         active = [s for s in active if s.compat_schema is not None]
         if not active:
             return []
@@ -409,23 +411,26 @@ class PostgresShims:
                 by_table.setdefault(base, []).append(shim)
                 base_of[shim.id] = base
         refresh: list[Shim] = []
-        if actions is None:  # cannot tell what it does: rebuild every shim around it (if it is atomic)
+        if touches is None:  # cannot tell what it does: rebuild every shim around it (if it is atomic)
             if ctx.migration.transactional:
                 refresh = [s for shims in by_table.values() for s in shims]
         else:
-            for kind, schema, table_name, column, line in actions:
-                table = self.find_table(db, schema, table_name)
+            for touch in touches:
+                if touch.kind != "drop_table" and not (touch.kind == "alter" and touch.detail in ("drop", "retype")):
+                    continue  # adds and renames: the views follow the table's columns by attnum
+                table = self.find_table(db, touch.schema, touch.table)
                 if table is None or table.oid not in by_table:
                     continue
-                where = f"{ctx.migration.path}:{line}" if line else ctx.migration.path
+                where = f"{ctx.migration.path}:{touch.line}" if touch.line else ctx.migration.path
                 shims = by_table[table.oid]
-                if kind == "drop_table":
+                if touch.kind == "drop_table":
                     raise MigrationFailed(blocked(where, f"drops table {table.schema}.{table.name}", shims))
+                column = touch.column
                 attnum = next((c.attnum for c in self.table_columns(db, table.oid) if c.name == column), None)
-                exposing = [s for s in shims if any(c["attnum"] == attnum for c in s.columns)]
+                exposing = [s for s in shims if any(c["attnum"] == attnum for c in s.view_columns)]  # not hidden
                 if not exposing:
                     continue
-                if kind == "drop_column":
+                if touch.detail == "drop":
                     raise MigrationFailed(blocked(where, f"drops column {table.name}.{column}", exposing))
                 if not ctx.migration.transactional:
                     raise MigrationFailed(blocked(

@@ -28,7 +28,7 @@ from compat.dialects import Session, TableSnapshot
 from compat.dialects import drop_command
 from compat.dialects.postgresql import check_columns, label, lost_column
 from compat.model import Route, Shim
-from compat.shapes import ColumnShape, TableShape, compose, stored, touched_tables
+from compat.shapes import ColumnShape, TableShape, Touch, compose, stored, touched_tables
 from runner.db import quote_identifier
 from runner.errors import MigrationFailed
 
@@ -104,9 +104,10 @@ class SQLiteShims:
         check_columns(group, set(columns), first.table)
         return TableSnapshot(group, first.table, None, first.table, [(c, c) for c in columns])
 
-    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], actions: list[Any] | None
+    def prepare_refresh(self, ctx: MigrationContext, active: list[Shim], touches: list[Touch] | None
                         ) -> list[tuple[Shim, Any]]:
-        """Drop every active shim view (rebuilt in ``rebuild``): table rebuilds fail on views."""
+        """Drop every active shim view (rebuilt in ``rebuild``): table rebuilds fail on views.
+        ``touches`` (:func:`compat.shapes.touched_tables`) is not needed: every view goes."""
         if not ctx.migration.transactional:  # the drop would commit on its own
             return []
         active = [s for s in active if s.compat_schema is None]

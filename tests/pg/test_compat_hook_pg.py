@@ -317,6 +317,40 @@ def test_dropping_an_exposed_column_declared_refuse_is_stopped_before_anything_r
         r.apply(migration("020_drop_table", f"DROP TABLE {TABLE} CASCADE"))
 
 
+def test_non_transactional_migration_destroying_what_a_shim_exposes_is_refused_before_anything_runs(pg_conn):
+    """The older path (prepare_refresh, reading compat.shapes.touched_tables): no view can be
+    dropped and rebuilt around a migration that commits statement by statement."""
+    r = pg_runner(pg_conn)
+    story_to_017(r)
+    r.apply(m018())
+
+    def loose(mid, statements):
+        m = migration(mid, statements)
+        m.transactional = False
+        return m
+
+    with pytest.raises(MigrationFailed) as err:
+        r.apply(loose("019_drop", ["CREATE TABLE marker (x int)", f"ALTER TABLE {TABLE} DROP COLUMN content"]))
+    message = str(err.value)
+    assert message.startswith(f"migrations/019_drop.sql:2: the migration drops column {TABLE}.content, which "
+                              f"active shim compat_017.{TABLE} (version 017")
+    assert f"migrate shims drop compat_017.{TABLE}" in message
+    with pytest.raises(MigrationFailed, match=rf"019_retype.sql:1: the migration changes the type of column "
+                                              rf"{TABLE}.container_image outside a transaction"):
+        r.apply(loose("019_retype", f"ALTER TABLE {TABLE} ALTER COLUMN container_image TYPE varchar(200)"))
+    # a table dropped and created again under its name is still the shim's table being dropped
+    with pytest.raises(MigrationFailed, match=rf"019_recreate.sql:1: the migration drops table public.{TABLE}, "):
+        r.apply(loose("019_recreate", [f"DROP TABLE {TABLE} CASCADE", f"CREATE TABLE {TABLE} (workflow_id bigint)"]))
+    assert pg_conn.execute("SELECT to_regclass('marker')").fetchone()[0] is None
+    assert "content" in columns_of(pg_conn, "public", TABLE)
+    assert columns_of(pg_conn, "compat_017", TABLE) == COLUMNS_017
+    # what the shim does not expose (container_digest, added by 018) can go; a new table's columns too
+    r.apply(loose("019_drop_digest", ["CREATE TABLE scratch (a int, b int)", "ALTER TABLE scratch DROP COLUMN b",
+                                      f"ALTER TABLE {TABLE} DROP COLUMN container_digest"]))
+    assert "container_digest" not in columns_of(pg_conn, "public", TABLE)
+    assert columns_of(pg_conn, "compat_017", TABLE) == COLUMNS_017
+
+
 def test_retyping_an_exposed_column_refreshes_the_shim(pg_conn, pg_url, make_role):
     r = pg_runner(pg_conn)
     story_to_017(r)

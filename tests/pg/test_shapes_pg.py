@@ -221,6 +221,40 @@ def test_touched_tables_and_directive_grammar():
         parse_shape("retype t.c bogus")
 
 
+def test_touched_tables_details_order_and_relation_kinds():
+    stmts = [Statement("ALTER TABLE o ADD COLUMN a int, DROP COLUMN b, ALTER COLUMN c TYPE bigint, "
+                       "ALTER COLUMN d SET DEFAULT 1", 1),
+             Statement("ALTER TABLE o RENAME COLUMN e TO f", 2)]
+    found = [(t.kind, t.table, t.line, t.column, t.detail) for t in touched_tables(stmts)]
+    assert found == [("alter", "o", 1, "a", "add"), ("alter", "o", 1, "b", "drop"), ("alter", "o", 1, "c", "retype"),
+                     ("alter", "o", 1, "d", None), ("rename", "o", 2, "e", "f")]
+    # a table created by the same statements is left out after its CREATE, not before it: dropping
+    # or renaming the existing table and creating a new one under its name touches the existing one
+    stmts = [Statement("DROP TABLE t", 1), Statement("ALTER TABLE u RENAME TO u_old", 2),
+             Statement("CREATE TABLE t (id int); CREATE TABLE u (id int)", 3),
+             Statement("ALTER TABLE t ADD COLUMN x int; DROP TABLE u", 4)]
+    assert [(t.kind, t.table, t.line) for t in touched_tables(stmts)] == [("drop_table", "t", 1),
+                                                                         ("rename_table", "u", 2)]
+    # ALTER TABLE only: no shim is built over a foreign table, a view, an index or a sequence
+    # (PostgreSQL refuses ALTER FOREIGN TABLE on an ordinary table, so it cannot reach one)
+    others = ["ALTER FOREIGN TABLE f DROP COLUMN c", "ALTER FOREIGN TABLE f ALTER COLUMN c TYPE text",
+              "ALTER VIEW v ALTER COLUMN c SET DEFAULT 1", "ALTER INDEX i SET TABLESPACE s",
+              "ALTER SEQUENCE q RESTART", "DROP FOREIGN TABLE f", "DROP VIEW v"]
+    assert touched_tables([Statement(sql, i) for i, sql in enumerate(others, 1)]) == []
+
+
+def test_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_old_one(pg_conn, pg_url):
+    r = pg_runner(pg_conn, AUTO)
+    base(r)
+    r.apply(migration("002_swap", ["ALTER TABLE orders RENAME TO orders_old",
+                                   "CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)"]))
+    assert cols(pg_conn, "public", "orders") == ["id", "item"]
+    assert cols(pg_conn, "compat_001", "orders") == ["id", "item", "qty", "note"]
+    with consumer(pg_url, "001") as c:
+        assert c.execute("SELECT item, qty, note FROM orders").fetchall() == [("apple", 2, "n1")]
+    assert [s.name for s in shims_of(pg_conn) if s.active] == ["compat_001.orders"]
+
+
 def test_declared_change_that_did_not_happen_rolls_back(pg_conn):
     r = pg_runner(pg_conn)
     base(r)

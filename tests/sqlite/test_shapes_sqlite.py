@@ -117,3 +117,15 @@ def test_sqlite_shapes_follow_renames_and_tell_drops(tmp_path: Path):
     assert r.connection.execute("SELECT * FROM t__v001").fetchall() == [(1, "x", None)]
     assert r.connection.execute("SELECT * FROM t__v002").fetchall() == [(1, "x", None)]
     assert [d[0] for d in r.connection.execute("SELECT * FROM t__v002").description] == ["id", "c", "b"]
+
+
+def test_sqlite_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_old_one(tmp_path: Path):
+    # the rename comes before the CREATE of the new t, so it is followed (compat.shapes.touched_tables)
+    r = sqlite_runner(str(tmp_path / "db.sqlite"), Settings(compat=CompatSettings(mode="auto")))
+    r.apply(migration("001_t", "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"))
+    r.connection.execute("INSERT INTO t (a, b) VALUES ('x', 'y')")
+    r.connection.commit()
+    r.apply(migration("002_swap", ["ALTER TABLE t RENAME TO t_old", "CREATE TABLE t (id INTEGER PRIMARY KEY, z TEXT)"]))
+    (shim,) = shims_of(r.db)
+    assert (shim.name, shim.table_name, shim.shape) == ("t__v001", "t_old", {})
+    assert r.connection.execute("SELECT * FROM t__v001").fetchall() == [(1, "x", "y")]
