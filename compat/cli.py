@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from compat import lifecycle, routes
 from runner.durations import parse_duration
 from runner.errors import OK, UsageError
 
@@ -59,6 +58,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _shim_rows(shims: list[Any], now: datetime) -> list[list[str]]:
+    from compat import lifecycle
+
     rows = []
     for s in shims:
         expiry = _when(s.expires_at)
@@ -83,6 +84,8 @@ def shims() -> None:
 def list_command(inv: Any, status: str) -> int:
     """Every shim in the registry: name, table, what it presents (renames, hides, casts, fills),
     version, status, expiry."""
+    from compat import lifecycle
+
     with inv.open_database(read_only=True) as db:
         found = lifecycle.list_shims(db, None if status == "all" else status)
         now = db.now()
@@ -97,6 +100,8 @@ def list_command(inv: Any, status: str) -> int:
 @click.pass_obj
 def audit(inv: Any, warn_within: str) -> int:
     """Exit 1 when any active shim is past its expiry; list those expiring soon."""
+    from compat import lifecycle
+
     window = _duration(warn_within, "--warn-within")
     with inv.open_database(read_only=True) as db:
         report = lifecycle.audit(db, window)
@@ -124,6 +129,8 @@ def drop(inv: Any, names: tuple[str, ...], expired: bool, force: bool, reason: s
     Refuses while a session holds a lock on a shim view or a role routed to
     its schema is connected, naming the sessions, unless --force.
     """
+    from compat import lifecycle
+
     with inv.open_database() as db:
         report = lifecycle.drop(db, names, expired=expired, force=force, reason=reason,
                                 lock_timeout=inv.settings.lock_timeout, lock_wait=inv.settings.lock_wait)
@@ -144,6 +151,7 @@ def drop(inv: Any, names: tuple[str, ...], expired: bool, force: bool, reason: s
 @click.pass_obj
 def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) -> int:
     """Move a shim's expiry and record why."""
+    from compat import lifecycle
     from compat.declarations import DeclarationError, parse_until
 
     delta = _duration(by, "--by") if by is not None else None
@@ -165,6 +173,8 @@ def extend(inv: Any, name: str, by: str | None, until: str | None, reason: str) 
 @click.pass_obj
 def connect(inv: Any, as_of: str) -> int:
     """Print the search_path setting and a ready URL for a consumer still on VERSION."""
+    from compat import routes
+
     with inv.open_database(read_only=True) as db:
         info = routes.connect_info(db, _as_of(inv, as_of), inv.settings)
     lines = [f"search_path={info.search_path}", f"PGOPTIONS='{info.options}'", f"URL: {info.url}"]
@@ -185,6 +195,8 @@ def route(inv: Any, role: str, as_of: str | None, reset: bool) -> int:
     Recorded in the registry and undone when the schema's shims are dropped.
     New sessions of ROLE pick it up; running sessions keep their setting.
     """
+    from compat import routes
+
     if reset == (as_of is not None):
         raise UsageError("give either --as-of VERSION or --reset")
     with inv.open_database() as db:
