@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -62,6 +63,7 @@ class JsonLines:
 
     def __init__(self, level: int) -> None:
         self.level = level
+        self._lock = threading.Lock()  # one line at a time from the fleet's and the heartbeat's threads
 
     def method(self, name: str) -> Any:
         level = "warning" if name == "warn" else name
@@ -73,8 +75,10 @@ class JsonLines:
         def log(event: str, **values: Any) -> None:
             line = {**values, "event": event, "level": level,
                     "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
-            sys.stderr.write(json.dumps(_redact_secrets(None, level, line), default=repr) + "\n")
-            sys.stderr.flush()
+            text = json.dumps(_redact_secrets(None, level, line), default=repr) + "\n"
+            with self._lock:
+                sys.stderr.write(text)
+                sys.stderr.flush()
         return log
 
 
