@@ -178,7 +178,7 @@ class _UpProgress:
     started: float
     position: dict[str, int]
     view: Any = None  # a Progress with running(); None: log events
-    begun: list[str] = field(default_factory=list)
+    begun: dict[str, None] = field(default_factory=dict)  # ids, in the order they began
 
     def __post_init__(self) -> None:
         if self.view is not None and hasattr(self.view, "begin"):
@@ -188,8 +188,7 @@ class _UpProgress:
         return round(time.perf_counter() - self.started, 2)
 
     def applying(self, migration: MigrationFile, batch: int) -> None:
-        if migration.id not in self.begun:
-            self.begun.append(migration.id)
+        self.begun.setdefault(migration.id)
         if self.view is not None:
             self.view.applying(migration, batch)
             return
@@ -230,7 +229,7 @@ class _UpProgress:
                  **activity.as_dict())
 
 
-def _partial(result: UpResult, todo: Sequence[str], begun: Sequence[str]) -> dict[str, Any]:
+def _partial(result: UpResult, todo: Sequence[str], begun: dict[str, None]) -> dict[str, Any]:
     """What a failed `up` did: applied (durable), failed, pending (not started), unconfirmed
     (sent, maybe committed: the connection was lost before the commit was confirmed)."""
     done = set(result.applied) | ({result.failed["id"]} if result.failed else set())
@@ -255,7 +254,7 @@ def up(
     carries what was done (``err.partial``: applied, failed, pending, unconfirmed)."""
     result = UpResult(dry_run=dry_run)
     todo_ids: list[str] = []
-    begun: list[str] = []
+    begun: dict[str, None] = {}
     try:
         return _up(settings, result, todo_ids, begun, to=to, dry_run=dry_run, hooks=hooks, compat=compat, view=view)
     except BaseException as err:
@@ -266,7 +265,7 @@ def up(
         raise
 
 
-def _up(settings: Settings, result: UpResult, todo_ids: list[str], begun: list[str], *, to: str | None,
+def _up(settings: Settings, result: UpResult, todo_ids: list[str], begun: dict[str, None], *, to: str | None,
         dry_run: bool, hooks: Sequence[MigrationHook] | None, compat: bool, view: Any) -> UpResult:
     started = time.perf_counter()
     files, post_apply = load_folder(settings.migrations, settings.sources.get("migrations"))

@@ -262,16 +262,22 @@ class PostgreSQL:
         """The user's search_path, for the migration's statements only."""
         if not local and self.pooler(db).per_transaction:
             return []  # see migration_start
-        return [f"SELECT pg_catalog.set_config('search_path', {self.literal(db, db.migration_search_path or '')}, "
-                f"{'true' if local else 'false'})"]
+        key = f"migration_search_path_{local}"  # the same for every migration of the connection
+        if key not in db.facts:
+            db.facts[key] = [f"SELECT pg_catalog.set_config('search_path', "
+                             f"{self.literal(db, db.migration_search_path or '')}, {'true' if local else 'false'})"]
+        return list(db.facts[key])
 
     def migration_end(self, db: Database) -> list[str]:
         """Right after the migration's statements: back to the runner's own role, search_path and
         statement_timeout for the bookkeeping (every name qualified: the user's search_path is
         still in force when this is parsed)."""
-        return [f"SELECT pg_catalog.set_config('role', 'none', true), "
+        if "migration_end" not in db.facts:  # the same for every migration of the connection
+            db.facts["migration_end"] = [
+                f"SELECT pg_catalog.set_config('role', 'none', true), "
                 f"pg_catalog.set_config('search_path', {self.literal(db, SAFE_SEARCH_PATH)}, true), "
                 f"pg_catalog.set_config('statement_timeout', {self.literal(db, db.statement_timeout or '0')}, true)"]
+        return list(db.facts["migration_end"])
 
     def session_reset(self, db: Database) -> list[str]:
         """Session state a migration changed must not leak into the next one. Not DISCARD ALL: it
