@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,8 @@ class Client:
     def _ensure_server(self) -> str:
         with self._lock:
             if self._server is None or self._server.poll() is not None:
+                if self._path:  # a server that died: its socket's folder goes too
+                    shutil.rmtree(os.path.dirname(self._path), ignore_errors=True)
                 self._path = os.path.join(tempfile.mkdtemp(prefix="migrate-fork-"), "s")
                 self._server = subprocess.Popen([sys.executable, __file__, self._path], cwd=ROOT,
                                                 env=dict(os.environ), stdin=subprocess.DEVNULL)
@@ -74,6 +77,8 @@ class Client:
         if self._server is not None and self._server.poll() is None:
             self._server.kill()
             self._server.wait()
+        if self._path:
+            shutil.rmtree(os.path.dirname(self._path), ignore_errors=True)
 
     def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int, str, str]:
         """(exit status, stdout, stderr) of `python -m runner ARGS`; raises subprocess.TimeoutExpired."""
