@@ -62,8 +62,37 @@ class DeclarationError(ValueError):
     """Raised by the parsers; callers turn it into a file or config error."""
 
 
+class _Windowed:
+    """What both kinds of declaration share: the table they name and the window of their shims."""
+
+    schema: str | None
+    table: str
+    window: timedelta | None
+    until: datetime | None
+
+    @property
+    def qualified_table(self) -> str:
+        """The table as it would be written in a directive (quoted where needed)."""
+        return qualified_name(self.schema, self.table)
+
+    def _window_words(self) -> list[str]:
+        """The ``window=``/``until=`` words of the canonical directive text."""
+        words = []
+        if self.window is not None:
+            words.append(f"window={format_duration(self.window)}")
+        if self.until is not None:
+            words.append(f"until={self.until.isoformat()}")
+        return words
+
+    def expires_at(self, start: datetime, default_window: timedelta) -> datetime:
+        """When a shim created at ``start`` for this declaration expires."""
+        if self.until is not None:
+            return self.until
+        return start + (self.window if self.window is not None else default_window)
+
+
 @dataclass(frozen=True)
-class RenameDeclaration:
+class RenameDeclaration(_Windowed):
     """One declared column rename and its compatibility window.
 
     ``window`` and ``until`` are both None when the declaration relies on the
@@ -82,34 +111,20 @@ class RenameDeclaration:
     source: str = ""
 
     @property
-    def qualified_table(self) -> str:
-        """The table as it would be written in a directive (quoted where needed)."""
-        return qualified_name(self.schema, self.table)
-
-    @property
     def text(self) -> str:
         """The canonical directive text (what ``-- compat:`` would say)."""
-        words = [f"rename {self.qualified_table}.{quote_ident(self.old)} -> {quote_ident(self.new)}"]
-        if self.window is not None:
-            words.append(f"window={format_duration(self.window)}")
-        if self.until is not None:
-            words.append(f"until={self.until.isoformat()}")
+        words = [f"rename {self.qualified_table}.{quote_ident(self.old)} -> {quote_ident(self.new)}",
+                 *self._window_words()]
         if self.expose != "old":
             words.append(f"expose={self.expose}")
         return " ".join(words)
-
-    def expires_at(self, start: datetime, default_window: timedelta) -> datetime:
-        """When a shim created at ``start`` for this declaration expires."""
-        if self.until is not None:
-            return self.until
-        return start + (self.window if self.window is not None else default_window)
 
 
 SHAPE_VERBS = ("add", "drop", "retype", "rename-table")
 
 
 @dataclass(frozen=True)
-class ShapeDeclaration:
+class ShapeDeclaration(_Windowed):
     """One declared shape change other than a column rename (see the module docstring).
 
     ``column`` is the column (None for rename-table), ``new`` the new table name (rename-table),
@@ -130,31 +145,18 @@ class ShapeDeclaration:
     source: str = ""
 
     @property
-    def qualified_table(self) -> str:
-        """The table as it would be written in a directive (quoted where needed)."""
-        return qualified_name(self.schema, self.table)
-
-    @property
     def text(self) -> str:
         """The canonical directive text."""
         if self.kind == "rename-table":
             words = [f"rename-table {self.qualified_table} -> {quote_ident(self.new or '')}"]
         else:
             words = [f"{self.kind} {self.qualified_table}.{quote_ident(self.column or '')}"]
-        if self.window is not None:
-            words.append(f"window={format_duration(self.window)}")
-        if self.until is not None:
-            words.append(f"until={self.until.isoformat()}")
+        words += self._window_words()
         if self.refuse:
             words.append("refuse")
         if self.expr is not None:
             words.append(f"expr={self.expr}")
         return " ".join(words)
-
-    def expires_at(self, start: datetime, default_window: timedelta) -> datetime:
-        if self.until is not None:
-            return self.until
-        return start + (self.window if self.window is not None else default_window)
 
 
 def qualified_name(schema: str | None, table: str) -> str:

@@ -78,6 +78,15 @@ def tenant_schema(template: str, value: str) -> str:
     return template.format(id=value)
 
 
+def _check_table(entry: Any, where: str, known: set[str]) -> None:
+    """``entry`` is a TOML table whose keys are all in ``known``; else exit 2 naming ``where``."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    for key in entry:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+
+
 def _expect(value: Any, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (kind is str and not value):
         raise ConfigError(f"{where}: expected a {'non-empty string' if kind is str else kind.__name__}, got {value!r}")
@@ -103,11 +112,7 @@ def load_fleet_file(path: Path, default_url: str | None, env: Mapping[str, str] 
     fleet = FleetFile(path)
     for name, entry in targets.items():
         where = f"{path}: [targets.{name}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a table")
-        for key in entry:
-            if key not in _TARGET_KEYS:
-                raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(_TARGET_KEYS))})")
+        _check_table(entry, where, _TARGET_KEYS)
         if "url" in entry and "url_env" in entry:
             raise ConfigError(f"{where}: give url or url_env, not both")
         if "url_env" in entry:
@@ -138,11 +143,7 @@ def load_fleet_file(path: Path, default_url: str | None, env: Mapping[str, str] 
     known = {t.name for t in fleet.targets} | {f"tag:{tag}" for t in fleet.targets for tag in t.tags}
     for index, wave in enumerate(waves, 1):
         where = f"{path}: [[waves]] #{index}"
-        if not isinstance(wave, dict):
-            raise ConfigError(f"{where}: expected a table")
-        for key in wave:
-            if key not in _WAVE_KEYS:
-                raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(_WAVE_KEYS))})")
+        _check_table(wave, where, _WAVE_KEYS)
         select = wave.get("select")
         if not isinstance(select, list) or not select or not all(isinstance(s, str) for s in select):
             raise ConfigError(f"{where}: select: expected a list of target names, tag:NAME or *")
