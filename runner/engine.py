@@ -300,23 +300,33 @@ class Engine:
         migration's statements start, and where COMMIT is.
 
         Per migration: the SET LOCALs, the user's search_path, its statements, the restore of the
-        runner's session, its bookkeeping; between two migrations the session reset (RESET ALL also
-        ends the SET LOCALs) and the start time its bookkeeping measures the duration from.
+        runner's session, its bookkeeping. Several migrations (a batch): their bookkeeping is
+        prepared once (history.Bookkeeping.prepare) and executed for each; between two of them
+        what they may leave behind is reset (``Dialect.batch_reset``) and the start time their
+        bookkeeping measures the duration from is marked.
         """
         dialect = self.db.dialect
+        batch = len(migrations) > 1
         parts = ["BEGIN"]
         starts = []
         for n, migration in enumerate(migrations):
             if n:
-                parts.extend(dialect.session_reset(self.db))
+                parts.extend(dialect.batch_reset(self.db))
             parts.extend(dialect.migration_start(self.db, self.settings.lock_timeout, flush))
-            if len(migrations) > 1:
+            if batch and not n:
+                parts.append(self.bookkeeping.prepare(direction))
+            if batch:
                 parts.append(dialect.migration_started())
             parts.extend(dialect.migration_search_path(self.db, local=True))
             starts.append(len(parts))
             parts.extend(s.sql for s in migration.statements(direction))
             parts.extend(dialect.migration_end(self.db))
-            parts.extend(self.bookkeeping.statements(migration, direction, duration_ms=None))
+            if batch:
+                parts.append(self.bookkeeping.execute(migration))
+            else:
+                parts.extend(self.bookkeeping.statements(migration, direction, duration_ms=None))
+        if batch:
+            parts.append(self.bookkeeping.unprepare())
         commit = len(parts)
         parts.append("COMMIT")
         parts.extend(dialect.session_reset(self.db))
@@ -345,6 +355,7 @@ class Engine:
             self.db.dialect.run_script(self.db, parts)
         except ScriptFailed as failed:
             self._recover()
+            rollback_quietly(self.db, self.bookkeeping.unprepare())
             if self.db.dialect.is_connection_error(failed.error):
                 unconfirmed = [m.id for m, _ in self._unconfirmed] + [m.id for m in migrations]
                 raise DatabaseUnreachable(

@@ -160,6 +160,31 @@ class Bookkeeping:
                   "detail": quote(detail), "at": at, "at_utc": at_utc}
         return [t.format_map(values) for t in templates]
 
+    # -- a batch (runner.engine): planned once, executed per migration --------------------------
+    PREPARED = "migrate_bookkeeping"  # the name of a batch's prepared statement (one batch at a time)
+
+    def prepare(self, operation: str) -> str:
+        """PREPARE the statement recording ``operation`` with the server's clock and duration,
+        the migration's own values as parameters (:meth:`execute`). Parsing and planning the
+        four writes once per batch rather than once per migration: about a sixth of a batch's
+        time on the server (bench/bench_runner.py). For a dialect that runs one query with the
+        server's clock (PostgreSQL: ``Dialect.one_query``)."""
+        statement, = self._make(operation, None)
+        at, at_utc = self.db.dialect.clock(self.db)
+        params = {"id": "$1", "checksum": "$2", "hash": "$3", "uid": "$4", "detail": "$5", "at": at, "at_utc": at_utc}
+        return (f"PREPARE {self.PREPARED}(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text, "
+                f"pg_catalog.text) AS {statement.format_map(params)}")
+
+    def execute(self, migration: MigrationFile, detail: str | None = None) -> str:
+        """Run the statement :meth:`prepare` made, for ``migration``."""
+        quote = self._quote
+        values = (migration.id, migration.checksum, yoyo_adapter.migration_hash(migration.id), str(uuid.uuid4()), detail)
+        return f"EXECUTE {self.PREPARED}({', '.join(quote(v) for v in values)})"
+
+    def unprepare(self) -> str:
+        """Drop the statement :meth:`prepare` made (it outlives a ROLLBACK)."""
+        return f"DEALLOCATE {self.PREPARED}"
+
     def _make(self, operation: str, duration_ms: int | None) -> list[str]:
         ms = self.db.dialect.migration_duration_sql if duration_ms is None else str(int(duration_ms))
         slots = _Keep({k: _brace(v) for k, v in self._constants.items()}, op=_brace(self._quote(operation)), ms=ms)

@@ -109,6 +109,9 @@ class SQLite:
     def session_reset(self, db: Database) -> list[str]:
         return []
 
+    def batch_reset(self, db: Database) -> list[str]:
+        raise NotImplementedError("no multi-migration transactions on SQLite")
+
     migration_duration_sql = "0"  # SQLite migrations are timed by the runner
 
     def migration_started(self) -> str:

@@ -184,6 +184,73 @@ def test_a_failure_in_a_batch_applies_its_migrations_one_by_one(pg_url: str, tmp
     assert not {"c", "d"} & tables(pg_url)
 
 
+def test_a_rolled_back_batch_leaves_no_prepared_bookkeeping_behind(pg_url: str, tmp_path: Path) -> None:
+    """A batch's bookkeeping is a prepared statement, which a ROLLBACK does not drop: the next batch
+    on the same connection prepares it again."""
+    from runner import history as runner_history
+    from runner.config import Settings
+    from runner.engine import BatchFailed, Engine
+    from runner.sources import load_folder
+
+    folder = write_migrations(tmp_path / "m", {
+        "001_a.sql": "CREATE TABLE a (id int);", "002_a_again.sql": "CREATE TABLE a (id int);",
+        "003_b.sql": "CREATE TABLE b (id int);", "004_c.sql": "CREATE TABLE c (id int);",
+    })
+    migrations, _ = load_folder(folder)
+    with connect(pg_url) as db:
+        runner_history.ensure_tables(db)
+        engine = Engine(db, Settings(database=pg_url, migrations=folder))
+        with pytest.raises(BatchFailed, match="already exists"):
+            engine.apply_batch(migrations[:2])
+        assert db.scalar("SELECT count(*) FROM pg_catalog.pg_prepared_statements "
+                         "WHERE name = 'migrate_bookkeeping'") == 0
+        engine.apply_batch(migrations[2:])
+        engine.make_durable()
+        assert db.scalar("SELECT count(*) FROM pg_catalog.pg_prepared_statements "
+                         "WHERE name = 'migrate_bookkeeping'") == 0
+    assert history(pg_url) == ["003_b", "004_c"]
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT migration_id, operation, checksum, by FROM _migrate_log ORDER BY id").fetchall()
+        assert [r[:2] for r in rows] == [("003_b", "apply"), ("004_c", "apply")]
+        assert [r[2] for r in rows] == [m.checksum for m in migrations[2:]] and all(r[3] for r in rows)
+        assert conn.execute("SELECT array_agg(migration_id ORDER BY migration_id) FROM _yoyo_migration"
+                            ).fetchone()[0] == ["003_b", "004_c"]
+
+
+def test_temporary_objects_do_not_outlive_their_migration_in_a_batch(pg_url: str, tmp_path: Path) -> None:
+    # One by one, 002's view reads its own table; were 001's temporary table still there, the
+    # name would resolve to it (pg_temp comes first) and the view would be temporary too.
+    folder = write_migrations(tmp_path / "m", {
+        "001_scratch.sql": "CREATE TEMP TABLE scratch (id int);",
+        "002_view.sql": "CREATE TABLE scratch (id int, name text);\nCREATE VIEW named AS SELECT * FROM scratch;",
+        **TAIL,
+    })
+    result = _up(pg_url, folder)
+    assert result.returncode == 0, result.stderr
+    assert _batches(result.stderr) == {"001_scratch": 2, "002_view": 2}
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 'named'"
+                            ).fetchall() == [("public",)]
+        assert [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
+                                           "WHERE table_name = 'named' ORDER BY ordinal_position")] == ["id", "name"]
+
+
+def test_a_literal_is_what_libpq_would_quote(pg_url: str) -> None:
+    from psycopg.sql import Literal
+
+    values = [None, "", "plain", "0101_create_t101", "über ✓ 日本", "a'b", "back\\slash", "'; DROP TABLE t; --",
+              "tab\tnew\nline", "$$dollar$$", "x" * 10_000]
+    with connect(pg_url) as db:
+        for standard in ("on", "off"):
+            db.execute(f"SET standard_conforming_strings = {standard}")
+            for value in values:
+                quoted = db.dialect.literal(db, value)
+                assert quoted == Literal(value).as_string(db.connection), (standard, value)
+                assert db.scalar(f"SELECT {quoted}::text") == value, (standard, value)
+        with pytest.raises(psycopg.DataError):
+            db.dialect.literal(db, "nul\x00byte")  # refused, as libpq refuses it
+
+
 def test_no_batches_once_the_database_is_not_fresh(pg_url: str, tmp_path: Path) -> None:
     folder = write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (id int);"})
     assert _up(pg_url, folder).returncode == 0

@@ -76,3 +76,19 @@ def test_effect_free_rule(sql: str, batchable: bool) -> None:
     from runner.statement_kinds import effect_free
 
     assert effect_free(sql) is batchable
+
+
+@pytest.mark.parametrize("sql", [
+    "SET search_path = app", "SET LOCAL lock_timeout = 0", "RESET ALL", "RESET search_path", "SET ROLE app",
+    "SET SESSION AUTHORIZATION app", "SET TIME ZONE 'UTC'", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "PREPARE p AS SELECT 1", "DECLARE c CURSOR FOR SELECT 1", "LISTEN ch", "UNLISTEN *", "DISCARD ALL",
+    "LOAD 'auto_explain'", "SELECT set_config('search_path', 'app', false)",
+    "CREATE TABLE t AS SELECT set_config('role', 'app', false)",
+    "ALTER TABLE t ADD COLUMN z text DEFAULT set_config('a.b', 'c', false)",
+])
+def test_no_statement_changing_the_session_is_effect_free(sql: str) -> None:
+    """What a batch relies on between its migrations (PostgreSQL.batch_reset): of session state, a
+    statement called effect free can leave only temporary objects behind."""
+    from runner.statement_kinds import effect_free
+
+    assert effect_free(sql) is False
