@@ -101,6 +101,7 @@ class Heartbeat:
         """Watch ``migration`` from now (None: nothing runs). The migrations of a batch are
         announced one after the other and run together: the watch starts with the first."""
         with self._lock:
+            idle = self._current is None
             if migration is None:
                 self._current, self._batch_left = None, 0
             elif self._batch_left > 0 and self._current is not None:
@@ -112,7 +113,12 @@ class Heartbeat:
             if migration is not None and self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="migrate-heartbeat", daemon=True)
                 self._thread.start()
-        self._wake.set()
+        if idle and migration is not None:
+            # Only a thread waiting for a migration to start needs waking: one waiting for a beat
+            # that is due later finds, when it wakes, the migration now running (which started
+            # after the one it waited on, so its first beat is not due sooner). Waking it on every
+            # call cost a fresh database's `migrate up` a thread switch per migration.
+            self._wake.set()
 
     def _run(self) -> None:
         try:

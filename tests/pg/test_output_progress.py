@@ -120,3 +120,32 @@ def test_heartbeat_on_sqlite_says_how_long_and_stops_with_the_migration(tmp_path
     announced = names.index("applying")
     done = next(i for i, c in enumerate(view.calls) if c[:2] == ("applied", "001_slow"))
     assert all(announced < i < done for i, c in enumerate(view.calls) if c[0] == "running")
+
+
+def test_heartbeat_follows_the_migration_of_a_batch_that_runs_now(tmp_path: Path) -> None:
+    """The migrations of a batch are announced one after the other without waking the thread: it
+    wakes when the first beat is due and beats for the migration announced last, timed from the
+    batch's start."""
+    import threading
+
+    from runner.db import connect
+
+    class Waiting(Recorder):
+        beat = threading.Event()
+
+        def running(self, migration, beat):
+            super().running(migration, beat)
+            self.beat.set()
+
+    with connect(f"sqlite:///{tmp_path / 'db.sqlite'}") as db:
+        view = Waiting()
+        every = 0.3
+        with heartbeat.Heartbeat(db, view, every=every) as beating:
+            beating.applying(_m("001_a"), 2)
+            beating.applying(_m("002_b"), 2)
+            assert view.beat.wait(30)
+            beating.applied(_m("001_a"), 0.1)
+            beating.applied(_m("002_b"), 0.1)
+        beats = [c for c in view.calls if c[0] == "running"]
+        assert beats and {b[1] for b in beats} == {"002_b"}
+        assert beats[0][2].elapsed_s >= every
