@@ -83,13 +83,13 @@ class CompatHook:
     def wants(self, ctx: MigrationContext) -> bool:
         """Idle for a migration that declares nothing and (in auto mode) touches no existing table
         while no shim is active."""
-        return self._declarations(ctx, Registry(ctx.db)) is not None
+        return self._declarations(ctx) is not None
 
-    def _declarations(self, ctx: MigrationContext, registry: Registry) -> list[RenameDeclaration] | None:
+    def _declarations(self, ctx: MigrationContext, registry: Registry | None = None) -> list[RenameDeclaration] | None:
         """The migration's rename declarations, or None when there is nothing to do."""
         declarations = declarations_for(ctx.migration, ctx.settings) if ctx.direction == "apply" else []
         if self._any_active is None:
-            self._any_active = bool(registry.shims("active"))
+            self._any_active = bool((registry or Registry(ctx.db)).shims("active"))
         if ctx.direction == "apply" and not declarations and not self._any_active \
                 and not ctx.migration.directives_named("compat") and not self._auto_touches(ctx):
             return None

@@ -54,6 +54,9 @@ class MigrationFile:
     transactional: bool = True
     depends: tuple[str, ...] = ()
     directives: list[Directive] = field(default_factory=list)
+    # The header's other comments shaped like a directive (``-- word: ...``), as (word, line):
+    # runner.preflight refuses a pending file where one is a misspelt directive.
+    comment_words: list[tuple[str, int]] = field(default_factory=list)
     # What runner.sources has not split yet: direction ("up", "down") -> the function that splits
     # it. ``up``/``down`` split on first use, so a no-op `migrate up` splits none of the applied
     # files (nor imports PostgreSQL's parser to do so: bench/bench_runner.py).

@@ -18,7 +18,6 @@ when the folder is read (:mod:`runner.sources`). Each problem raises an exit-2 e
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
@@ -26,11 +25,7 @@ from runner.config import Settings
 from runner.durations import parse_duration
 from runner.errors import ConfigError, MigrationFileError
 from runner.migration import MigrationFile
-from runner.sources import read_text
 from runner.sqlfile import DIRECTIVES
-
-_COMMENT_WORD = re.compile(r"^\s*--\s*([A-Za-z_][A-Za-z_-]*)\s*:")
-_COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
 
 
 def check_pending(settings: Settings, files: Sequence[MigrationFile], pending: Sequence[MigrationFile],
@@ -66,20 +61,9 @@ def _max_window(settings: Settings) -> timedelta:
 
 def _check_directive_spelling(migration: MigrationFile) -> None:
     """A header comment ``-- word: ...`` whose word is close to a directive name but is none."""
-    if migration.format == "python":
-        return
-
-    for number, line in enumerate(read_text(migration.path).split("\n"), 1):
-        if not _COMMENT_OR_BLANK.match(line):
-            return
-        match = _COMMENT_WORD.match(line)
-        if not match:
-            continue
-        word = match.group(1).lower()
-        if word in DIRECTIVES:
-            continue
-        close = difflib.get_close_matches(word, DIRECTIVES, n=1, cutoff=0.7)
+    for word, number in migration.comment_words:
+        close = difflib.get_close_matches(word.lower(), DIRECTIVES, n=1, cutoff=0.7)
         if close:
             raise MigrationFileError(
-                migration.path, f"unknown directive '{match.group(1)}:' (did you mean '{close[0]}:'?); "
+                migration.path, f"unknown directive '{word}:' (did you mean '{close[0]}:'?); "
                 f"known directives: {', '.join(DIRECTIVES)}", number)

@@ -18,7 +18,7 @@ from runner import yoyo_adapter
 from runner.errors import ConfigError, MigrationFileError
 from runner.goose import is_goose, parse_goose
 from runner.migration import POST_APPLY, MigrationFile
-from runner.sqlfile import header_directives, split_statements
+from runner.sqlfile import read_header, split_statements
 
 _VERSION = re.compile(r"^(\d+)")
 _CHUNK = 1 << 20
@@ -137,7 +137,7 @@ def read_migration(path: str | Path, has_rollback_file: bool | None = None) -> M
     if suffix == "py":
         yoyo_adapter.load_python(migration, text)
         return migration
-    migration.directives = header_directives(text)
+    migration.directives, migration.comment_words = read_header(text)
     if is_goose(text):
         goose = parse_goose(text, path)
         migration.format = "goose"

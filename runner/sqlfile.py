@@ -18,6 +18,7 @@ from runner.migration import Directive, Statement
 DIRECTIVES = ("depends", "transactional", "compat", "lint")
 _DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES), re.IGNORECASE)
 _COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
+_COMMENT_WORD = re.compile(r"^\s*--\s*([A-Za-z_][A-Za-z_-]*)\s*:")
 
 
 def _split(text: str) -> tuple[list[tuple[int, str]], bool]:
@@ -74,16 +75,20 @@ def split_statements(text: str, first_line: int = 1) -> list[Statement]:
     return statements
 
 
-def header_directives(text: str) -> list[Directive]:
-    """Directives in the leading comment block of ``text``."""
+def read_header(text: str) -> tuple[list[Directive], list[tuple[str, int]]]:
+    """Directives in the leading comment block of ``text``, and the other comments there shaped
+    like one (``-- word: ...``), as (word, line): a misspelt directive (runner.preflight)."""
     found: list[Directive] = []
+    others: list[tuple[str, int]] = []
     for number, line in enumerate(text.split("\n"), 1):
         if not _COMMENT_OR_BLANK.match(line):
             break
         match = _DIRECTIVE.match(line)
         if match:
             found.append(Directive(match.group(1).lower(), match.group(2), number))
-    return found
+        elif match := _COMMENT_WORD.match(line):
+            others.append((match.group(1), number))
+    return found, others
 
 
 def leading_comment_lines(sql: str) -> int:

@@ -22,7 +22,7 @@ from reliability.harness import FIGURES
 from runner.errors import MigrationFileError
 from runner.goose import parse_goose
 from runner.sources import read_migration
-from runner.sqlfile import header_directives, split_statements
+from runner.sqlfile import read_header, split_statements
 
 EXAMPLES = harness.scaled(150, 3000)
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -243,7 +243,7 @@ def test_parse_goose_on_any_text(text):
         assert re.match(r"x\.sql:\d+: \S", str(err)), str(err)
     for s in split_statements(text):
         assert s.line >= 1
-    header_directives(text)
+    read_header(text)
     FIGURES.add("hostile_inputs", parser_files=1)
 
 
