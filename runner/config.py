@@ -179,6 +179,9 @@ def load_settings(
         if settings.schema.lower().startswith("pg_") or settings.schema == "information_schema":
             raise ConfigError(f"{source}: schema {settings.schema}: a system schema of PostgreSQL"
                               " (pg_*, information_schema) cannot hold the runner's tables")
+        if "%" in settings.schema:
+            # The runner's queries carry its schema's name next to their %s parameters.
+            raise ConfigError(f"{source}: schema {settings.schema}: a '%' in the runner's schema name is not supported")
         settings.sources["schema"] = source
     value, source = pick("migrations")
     if value is not None:

@@ -42,6 +42,16 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def dollar_quote(body: str, tag: str) -> str:
+    """``body`` as a dollar-quoted string (a DO block's), tagged ``$tag$`` or, where that occurs
+    in ``body`` (a schema's name may hold a ``$``), ``$tagN$`` for the first N that does not."""
+    n = 0
+    while f"${tag}{n or ''}$" in body:
+        n += 1
+    quote = f"${tag}{n or ''}$"
+    return f"{quote}{body}{quote}"
+
+
 @dataclass
 class Database:
     """An open connection and what the runner knows about it.

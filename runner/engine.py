@@ -45,6 +45,8 @@ BATCH_MAX = 100
 FLUSH_EVERY = 0.1  # seconds
 # The runner's own relations: a database holding nothing else is fresh (Engine.apply).
 OWN_TABLES = (*history.TABLES, *yoyo_adapter.TABLES, *snapshot.TABLES, *lease.TABLES)
+# A batched migration may not name these: a batch writes the bookkeeping while it goes on.
+_PROTECTED = frozenset(OWN_TABLES)
 
 
 class BatchFailed(Exception):
@@ -92,7 +94,9 @@ class Engine:
         ``nothing_applied``: the history is empty (with a database holding nothing else, that
         makes it fresh: batches are allowed)."""
         dialect = self.db.dialect
-        fresh = bool(todo) and nothing_applied and dialect.one_query and dialect.is_fresh(self.db, OWN_TABLES)
+        fresh = (bool(todo) and nothing_applied and dialect.one_query
+                 and statement_kinds.builtins_first(self.db.migration_search_path)
+                 and dialect.is_fresh(self.db, OWN_TABLES))
         ran_alone = False  # a migration ran on its own since the last check: it may have made an event trigger
         i = 0
         while i < len(todo):
@@ -326,6 +330,7 @@ class Engine:
             else:
                 parts.extend(self.bookkeeping.statements(migration, direction, duration_ms=None))
         if batch:
+            parts.extend(self.bookkeeping.check(list(migrations)))
             parts.append(self.bookkeeping.unprepare())
         commit = len(parts)
         parts.append("COMMIT")
@@ -337,7 +342,7 @@ class Engine:
         """Whether ``migration`` may share a transaction with others: it goes in one query and
         every statement is free of effects outside the transaction (runner.statement_kinds), so
         rolling a batch back and applying its migrations again one by one repeats nothing."""
-        if not migration.transactional or not all(statement_kinds.effect_free(s.sql) for s in migration.up):
+        if not migration.transactional or not all(statement_kinds.effect_free(s.sql, _PROTECTED) for s in migration.up):
             return False
         return self._in_one_query(migration, self._context(migration, previous, "apply"))
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from runner import yoyo_adapter
-from runner.db import transaction
+from runner.db import dollar_quote, transaction
 from runner.identity import actor, host, os_user
 from runner.migration import MigrationFile
 
@@ -180,6 +180,19 @@ class Bookkeeping:
         quote = self._quote
         values = (migration.id, migration.checksum, yoyo_adapter.migration_hash(migration.id), str(uuid.uuid4()), detail)
         return f"EXECUTE {self.PREPARED}({', '.join(quote(v) for v in values)})"
+
+    def check(self, migrations: list[MigrationFile]) -> list[str]:
+        """Statements that fail the transaction unless the history rows of ``migrations`` are all
+        there: a batch commits only with all of its bookkeeping, whatever its migrations did."""
+        import json
+
+        ids = self._quote(json.dumps([m.id for m in migrations]))
+        wanted = "pg_catalog.current_setting('migrate.batch')::pg_catalog.jsonb"
+        body = (f" BEGIN IF (SELECT pg_catalog.count(*) FROM {self._constants['history']} WHERE migration_id "
+                f"OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements_text({wanted})))) "
+                f"OPERATOR(pg_catalog.<>) pg_catalog.jsonb_array_length({wanted}) THEN RAISE EXCEPTION 'the history "
+                f"rows of this batch are not all there: a migration of it changed the bookkeeping'; END IF; END ")
+        return [f"SELECT pg_catalog.set_config('migrate.batch', {ids}, true)", f"DO {dollar_quote(body, 'migrate_batch')}"]
 
     def unprepare(self) -> str:
         """Drop the statement :meth:`prepare` made (it outlives a ROLLBACK)."""

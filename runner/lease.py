@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from runner.db import quote_identifier, transaction
+from runner.db import dollar_quote, quote_identifier, transaction
 from runner.dialects import LockHolder
 from runner.logs import get_logger
 
@@ -158,11 +158,12 @@ class Lease:
         drop's): it locks the lease row FOR SHARE until the transaction ends, so no other runner
         can take the lease over while a migration is being applied, and fails the transaction
         when the lease is no longer this runner's. Exactly-once does not rest on clocks."""
-        table = _table(self.db).replace("'", "''")
-        return (f"DO $migrate_lease$ BEGIN PERFORM 1 FROM {_table(self.db)} WHERE name = 'runner' "
+        table = _table(self.db).replace("'", "''").replace("%", "%%")  # a RAISE format's literal
+        body = (f" BEGIN PERFORM 1 FROM {_table(self.db)} WHERE name = 'runner' "
                 f"AND holder OPERATOR(pg_catalog.=) '{self.token}' FOR SHARE; IF NOT FOUND THEN RAISE EXCEPTION "
                 f"'this runner no longer holds the migration lease in {table}: another runner took it over after "
-                f"it was not renewed for a whole lock_lease'; END IF; END $migrate_lease$")
+                f"it was not renewed for a whole lock_lease'; END IF; END ")
+        return f"DO {dollar_quote(body, 'migrate_lease')}"
 
     def _advisory_held(self) -> bool:
         """Whether a runner connected directly holds the runner's session advisory lock."""

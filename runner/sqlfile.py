@@ -16,9 +16,10 @@ import re
 from runner.migration import Directive, Statement
 
 DIRECTIVES = ("depends", "transactional", "compat", "lint")
-_DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES), re.IGNORECASE)
+# ASCII: under Unicode case folding "tranſactional" would match and then name no directive.
+_DIRECTIVE = re.compile(r"^\s*--\s*(%s)\s*:\s*(.*?)\s*$" % "|".join(DIRECTIVES), re.IGNORECASE | re.ASCII)
 _COMMENT_OR_BLANK = re.compile(r"^\s*(--.*)?$")
-_COMMENT_WORD = re.compile(r"^\s*--\s*([A-Za-z_][A-Za-z_-]*)\s*:")
+_COMMENT_WORD = re.compile(r"^\s*--\s*(\w[\w-]*)\s*:")
 
 
 def _split(text: str) -> tuple[list[tuple[int, str]], bool]:

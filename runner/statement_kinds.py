@@ -17,8 +17,8 @@ Two questions the runner asks before it runs anything:
 
   - Statement kinds that only store definitions: ``CREATE TABLE`` (not ``AS``, not ``PARTITION
     OF``, no ``LIKE``, no ``INHERITS``), ``CREATE VIEW`` (the query is stored, not run), ``CREATE
-    SEQUENCE``, ``CREATE INDEX`` (not ``CONCURRENTLY``; plain columns only, no expression, no
-    ``WHERE``, no explicit operator class), ``ALTER TABLE`` with the subcommands below, ``CREATE
+    SEQUENCE``, ``CREATE INDEX`` (B-tree, not ``CONCURRENTLY``; plain columns only, no expression,
+    no ``WHERE``, no explicit operator class), ``ALTER TABLE`` with the subcommands below, ``CREATE
     FUNCTION``/``PROCEDURE`` in ``sql`` or ``plpgsql`` (bodies are checked, not run),
     ``CREATE TYPE ... AS ENUM``/``AS (...)``, ``CREATE DOMAIN``, ``CREATE TRIGGER``, ``CREATE
     POLICY``/``ALTER POLICY``, ``CREATE SCHEMA`` (of such elements), ``COMMENT``, ``GRANT``/
@@ -30,19 +30,22 @@ Two questions the runner asks before it runs anything:
     ``WHEN``, a policy's expressions, a domain's ``DEFAULT``/``CHECK``. Anywhere else (generated
     columns and index expressions are constant-folded at creation even on an empty table; ``ADD
     COLUMN ... DEFAULT`` evaluates a non-volatile default once; partition bounds are evaluated)
-    only constants are allowed: a function call, an operator, a subquery, a ``CASE`` there make
-    the statement not effect free.
+    only constants are allowed: a function call, an operator, a subquery, a ``CASE``, a cast to a
+    type that is not built in (a domain's ``CHECK`` would run) there make the statement not effect
+    free.
   - ``ALTER TABLE`` subcommands: ``ADD COLUMN`` of a built-in type (a domain's ``CHECK`` runs when
     a column of that domain is added) with no default or a constant one, ``NOT NULL``, ``NULL``,
     ``PRIMARY KEY``, ``UNIQUE``, ``REFERENCES``, identity; ``DROP COLUMN``; ``SET``/``DROP
     DEFAULT``; ``SET``/``DROP NOT NULL``; ``ADD`` a primary key, unique or foreign key constraint, or
     a ``CHECK ... NOT VALID``; ``DROP CONSTRAINT``; identity changes; ``OWNER TO``; row level
     security switches.
+  - Nothing that names one of the tables the transaction writes besides (``protected``: the
+    runner's bookkeeping), where a trigger or a policy would run code on those writes.
 
   What is trusted: the functions behind built-in types (their input functions, comparison
   operators for index builds and foreign-key checks over rows an earlier migration inserted), and
   built-in type names resolving to ``pg_catalog`` (it comes first unless a search_path names it
-  later). Event triggers (which run code on any DDL) are the engine's concern: it batches only
+  later: :func:`builtins_first` tells, and the engine batches only then). Event triggers (which run code on any DDL) are the engine's concern: it batches only
   while none exists.
 """
 
@@ -138,7 +141,7 @@ def refuse_transaction_control(migrations: Iterable[MigrationFile], direction: s
 # pg_catalog.int4, pg_catalog.varchar): allowed for ADD COLUMN, whose domain CHECKs would run.
 _BUILTIN_TYPES = frozenset({
     "text", "uuid", "json", "jsonb", "date", "bytea", "inet", "cidr", "macaddr", "money", "xml", "tsvector",
-    "tsquery", "citext", "int2", "int4", "int8", "float4", "float8", "bool", "timestamptz", "timetz",
+    "tsquery", "int2", "int4", "int8", "float4", "float8", "bool", "timestamptz", "timetz",
     "serial", "bigserial", "smallserial", "serial4", "serial8", "serial2", "name", "oid", "char", "varchar",
     "bpchar", "numeric", "interval", "time", "timestamp", "point", "line", "lseg", "box", "path", "polygon",
     "circle", "bit", "varbit", "int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange",
@@ -147,9 +150,13 @@ _BUILTIN_TYPES = frozenset({
 
 
 @functools.lru_cache(maxsize=4096)
-def effect_free(sql: str) -> bool:
+def effect_free(sql: str, protected: frozenset[str] = frozenset()) -> bool:
     """Whether ``sql`` (one statement, or a goose block of several) can have no effect outside its
     transaction (see the module's docstring for the rule).
+
+    ``protected``: names of tables written while the statement's transaction goes on (the runner's
+    bookkeeping): a statement naming one of them, in any schema, is not effect free (a trigger or
+    a policy there would run code on those writes).
 
     Read from libpg_query's JSON parse tree (ten times cheaper than pglast's Python nodes; it runs
     for every migration of a fresh database): a node is ``{"TypeName": {fields}}``, fields that are
@@ -163,7 +170,17 @@ def effect_free(sql: str) -> bool:
     except ParseError:
         return False
     statements = [raw.get("stmt") for raw in tree.get("stmts", ())]
+    if protected and not protected.isdisjoint(_relations_below(statements)):
+        return False
     return bool(statements) and all(_node_effect_free(stmt) for stmt in statements)
+
+
+def builtins_first(search_path: str | None) -> bool:
+    """Whether unqualified built-in type names resolve to ``pg_catalog`` under ``search_path`` (a
+    ``SHOW search_path`` value): it names ``pg_catalog`` first or not at all (then it is searched
+    first)."""
+    schemas = [part.strip().strip('"') for part in (search_path or "").split(",") if part.strip()]
+    return "pg_catalog" not in schemas or schemas[0] == "pg_catalog"
 
 
 def _kind(node: Any) -> tuple[str, dict[str, Any]]:
@@ -175,18 +192,30 @@ def _kind(node: Any) -> tuple[str, dict[str, Any]]:
     return "", {}
 
 
-def _types_below(value: Any) -> Iterator[str]:
-    """The type names of every wrapped node in ``value``."""
+def _nodes_below(value: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The type name and fields of every wrapped node in ``value``."""
     if isinstance(value, list):
         for item in value:
-            yield from _types_below(item)
+            yield from _nodes_below(item)
     elif isinstance(value, dict):
         name, fields = _kind(value)
         if name:
-            yield name
+            yield name, fields
             value = fields
         for item in value.values():
-            yield from _types_below(item)
+            yield from _nodes_below(item)
+
+
+def _relations_below(value: Any) -> Iterator[str]:
+    """The names of the relations ``value`` names (RangeVar fields: the JSON leaves them unwrapped)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _relations_below(item)
+    elif isinstance(value, dict):
+        if isinstance(value.get("relname"), str):
+            yield value["relname"]
+        for item in value.values():
+            yield from _relations_below(item)
 
 
 _CONSTANT_NODES = frozenset({"A_Const", "TypeCast", "TypeName", "String", "Integer", "Float", "Boolean", "BitString",
@@ -194,9 +223,13 @@ _CONSTANT_NODES = frozenset({"A_Const", "TypeCast", "TypeName", "String", "Integ
 
 
 def _constant(value: Any) -> bool:
-    """No code runs when ``value`` is evaluated: constants, casts of constants, column names,
-    built-in SQL value functions (CURRENT_TIMESTAMP...), and type names."""
-    return all(name in _CONSTANT_NODES for name in _types_below(value))
+    """No code runs when ``value`` is evaluated: constants, casts of constants to built-in types
+    (a cast to a domain runs its CHECK, to a composite type its columns' domains' CHECKs), column
+    names, built-in SQL value functions (CURRENT_TIMESTAMP...), and type names."""
+    for name, fields in _nodes_below(value):
+        if name not in _CONSTANT_NODES or (name == "TypeCast" and not _builtin_type(fields.get("typeName", {}))):
+            return False
+    return True
 
 
 def _builtin_type(type_name: dict[str, Any]) -> bool:
@@ -218,7 +251,9 @@ def _node_effect_free(node: Any) -> bool:
     if kind == "IndexStmt":
         params = [_kind(p)[1] for p in stmt.get("indexParams", ())]
         including = [_kind(p)[1] for p in stmt.get("indexIncludingParams", ())]
-        return (not stmt.get("concurrent") and "whereClause" not in stmt
+        # B-tree only: the support functions of other access methods may be a user's (a range
+        # type's subtype_diff, for GiST), run for each row an earlier migration inserted.
+        return (not stmt.get("concurrent") and "whereClause" not in stmt and stmt.get("accessMethod") == "btree"
                 and all(p.get("name") and "expr" not in p and not p.get("opclass") for p in params)
                 and all("expr" not in p for p in including))
     if kind == "AlterTableStmt":

@@ -217,6 +217,89 @@ def test_a_rolled_back_batch_leaves_no_prepared_bookkeeping_behind(pg_url: str, 
                             ).fetchone()[0] == ["003_b", "004_c"]
 
 
+SETS_DATESTYLE = """CREATE FUNCTION public.{name}({arg}) RETURNS {returns} LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_catalog.set_config('DateStyle', 'ISO, DMY', false);
+  RETURN {value};
+END $$;"""
+
+
+@pytest.mark.parametrize("migrations", [
+    {  # a cast to a domain in an ADD COLUMN default: evaluated once, with the domain's CHECK
+        "001_fn.sql": SETS_DATESTYLE.format(name="note", arg="v text", returns="boolean", value="true"),
+        "002_dom.sql": "CREATE DOMAIN public.checked AS text CHECK (public.note(VALUE));",
+        "003_tab.sql": "CREATE TABLE public.t (id int);",
+        "004_col.sql": "ALTER TABLE public.t ADD COLUMN c text DEFAULT 'x'::public.checked;",
+    },
+    {  # a trigger on the runner's own table: it fires on the bookkeeping of the batch
+        "001_fn.sql": SETS_DATESTYLE.format(name="audit", arg="", returns="trigger", value="NULL"),
+        "002_trg.sql": "CREATE TRIGGER audit AFTER INSERT ON public._migrate_log FOR EACH ROW "
+                       "EXECUTE FUNCTION public.audit();",
+    },
+], ids=["domain-cast", "trigger-on-bookkeeping"])
+def test_code_a_migration_runs_keeps_it_out_of_batches(pg_url: str, tmp_path: Path, migrations: dict) -> None:
+    """Review of the batches (helper session): a migration whose statements make the server run a
+    function is not batched, so what the function changes in the session (here DateStyle) is reset
+    before the next migration, as one by one. Found as a hole in the whitelist: such a function
+    could also change the bookkeeping or repeat a nextval() when a batch is applied again."""
+    folder = write_migrations(tmp_path / "m", {
+        **migrations, "005_ev.sql": "CREATE TABLE public.ev (d date DEFAULT '01/02/2024');", **TAIL})
+    result = _up(pg_url, folder)
+    assert result.returncode == 0, result.stderr
+    default = scalar(pg_url, "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'public.ev'::regclass")
+    assert default == "'2024-01-02'::date", (default, _batches(result.stderr))
+    assert history(pg_url) == [name[:-len(".sql")] for name in sorted([*migrations, "005_ev.sql", "099_tail.sql"])]
+
+
+def test_a_batch_commits_only_with_all_of_its_bookkeeping(pg_url: str, tmp_path: Path) -> None:
+    """Whatever a batched migration does to the history (here: what only code running in the batch
+    could do), the batch is rolled back rather than committed with migrations not recorded."""
+    from runner import history as runner_history
+    from runner.config import Settings
+    from runner.engine import BatchFailed, Engine
+    from runner.sources import load_folder
+
+    folder = write_migrations(tmp_path / "m", {
+        "001_a.sql": "CREATE TABLE a (id int);", "002_forget.sql": "DELETE FROM public._migrate_history;",
+        "003_b.sql": "CREATE TABLE b (id int);",
+    })
+    migrations, _ = load_folder(folder)
+    with connect(pg_url) as db:
+        runner_history.ensure_tables(db)
+        engine = Engine(db, Settings(database=pg_url, migrations=folder))
+        with pytest.raises(BatchFailed, match="history rows of this batch are not all there"):
+            engine.apply_batch(migrations)
+        assert not db.scalar("SELECT count(*) FROM public._migrate_history")
+        assert db.scalar("SELECT to_regclass('public.a')") is None
+
+
+def test_a_schema_name_with_a_dollar_tag_in_it(pg_url: str, tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE public.a (id int);",
+                                               "002_b.sql": "CREATE TABLE public.b (id int);", **TAIL})
+    refused = run_migrate("up", "--database", pg_url, "--migrations", str(folder), env={"MIGRATE_SCHEMA": "a%s"})
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "migrate: error: MIGRATE_SCHEMA (environment): schema a%s: a '%' in the runner's schema name is not supported")
+    assert not tables(pg_url)
+    schema = "odd$migrate_batch$ 100"
+    result = run_migrate("up", "--database", pg_url, "--migrations", str(folder), env={"MIGRATE_SCHEMA": schema})
+    assert result.returncode == 0, result.stderr
+    assert _batches(result.stderr) == {"001_a": 2, "002_b": 2}
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{schema}"._migrate_history').fetchone()[0] == 3
+
+
+def test_no_batches_where_a_search_path_puts_pg_catalog_after_another_schema(pg_url: str, tmp_path: Path) -> None:
+    """There, an unqualified ``text`` may be a domain of the other schema's (statement_kinds.builtins_first)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA app")
+        conn.execute(f"ALTER DATABASE {conn.info.dbname} SET search_path = app, pg_catalog, public")
+    folder = write_migrations(tmp_path / "m", {"001_a.sql": "CREATE TABLE public.a (id int);",
+                                               "002_b.sql": "CREATE TABLE public.b (id int);", **TAIL})
+    result = _up(pg_url, folder)
+    assert result.returncode == 0, result.stderr
+    assert _batches(result.stderr) == {}
+
+
 def test_temporary_objects_do_not_outlive_their_migration_in_a_batch(pg_url: str, tmp_path: Path) -> None:
     # One by one, 002's view reads its own table; were 001's temporary table still there, the
     # name would resolve to it (pg_temp comes first) and the view would be temporary too.
@@ -249,6 +332,24 @@ def test_a_literal_is_what_libpq_would_quote(pg_url: str) -> None:
                 assert db.scalar(f"SELECT {quoted}::text") == value, (standard, value)
         with pytest.raises(psycopg.DataError):
             db.dialect.literal(db, "nul\x00byte")  # refused, as libpq refuses it
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "LATIN1", "WIN1252", "SJIS", "BIG5", "GBK", "GB18030", "UHC", "EUC_JP"])
+def test_a_literal_is_what_libpq_would_quote_in_other_client_encodings(pg_url: str, encoding: str) -> None:
+    from psycopg.sql import Literal
+
+    values = ["plain", "café", "ソ表", "€", "ΣΑΣ", "𝔘nicode", "a\"b;--", "x" * 50_000, "\t\n\r\x7f"]
+    with connect(pg_url) as db:
+        db.execute(f"SET client_encoding = '{encoding}'")
+        for standard in ("on", "off"):
+            db.execute(f"SET standard_conforming_strings = {standard}")
+            for value in values:
+                try:
+                    slow = Literal(value).as_string(db.connection)
+                except UnicodeError:
+                    continue  # not representable: the fast path fails too, when the query is sent
+                assert db.dialect.literal(db, value) == slow, (encoding, standard, value[:10])
+                assert db.scalar(f"SELECT {slow}::text") == value
 
 
 def test_no_batches_once_the_database_is_not_fresh(pg_url: str, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -269,6 +270,29 @@ def test_header_directives_lines_and_values(directives, crlf):
 
 
 # ------------------------------------------------------------------ focused cases
+@pytest.mark.parametrize("text, line", [
+    ("-- dependz: x\nSELECT 1;", 1), ("\ufeff-- dependz: x\nSELECT 1;", 1), ("\n  --Transactionl : false\nSELECT 1;", 2),
+    ("-- +goose Up\n-- trasactional: false\nSELECT 1;", 2), ("-- lnt: x\r\n-- depends: a\r\nSELECT 1;", 1),
+    ("/* c */\n-- dependz: x\nSELECT 1;", None), ("-- DEPENDS: a\n-- Depend: b\nSELECT 1;", 2),
+    ("-- note: x\n-- compat: rename t.a -> b\nSELECT 1;", None),
+    ("-- tranſactional: false\nSELECT 1;", 1),  # not a directive under Unicode case folding: misspelt
+])
+def test_a_misspelt_directive_is_found_in_the_header_read_with_the_file(tmp_path, text, line):
+    from runner.preflight import _check_directive_spelling
+
+    path = tmp_path / "001_a.sql"
+    path.write_bytes(text.encode("utf-8"))
+    migration = read_migration(path)
+    assert not [d for d in migration.directives if d.name not in ("depends", "compat")]
+    if line is None:
+        _check_directive_spelling(migration)
+        return
+    with pytest.raises(MigrationFileError) as err:
+        _check_directive_spelling(migration)
+    assert err.value.line == line and "did you mean" in str(err.value)
+
+
+
 def test_non_utf8_and_nul_name_file_and_line(tmp_path):
     for data, line in ((b"SELECT 1;\nSELECT '\xff';\n", 2), (b"-- x\n\n\nSELECT '\x00';\n", 4),
                        (b"\xef\xbb\xbfSELECT 1;\r\nSELECT '\xc3(';\r\n", 2)):

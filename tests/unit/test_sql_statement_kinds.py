@@ -71,6 +71,17 @@ def test_statements_that_only_mention_the_words_are_not(sql: str) -> None:
     ("COMMENT ON TABLE t IS 'x'", True),
     ("DROP TABLE t CASCADE", True),
     ("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT)", False),  # pglast cannot parse it
+    # A cast to a type that is not built in, where the value is evaluated: a domain's CHECK runs
+    # (review of the batches: it could change the session or the bookkeeping of the batch).
+    ("ALTER TABLE t ADD COLUMN c text DEFAULT 'x'::d", False),
+    ("ALTER TABLE t ADD COLUMN c text DEFAULT ('x'::d)::text", False),
+    ("ALTER TABLE t ADD COLUMN c text DEFAULT ('(x)'::comp)::text", False),  # its columns' domains
+    ("ALTER TABLE t ADD COLUMN c citext", False),  # an extension's type: a domain may have its name
+    ("ALTER TABLE t ADD COLUMN c text DEFAULT 'x'::pg_catalog.text", True),
+    ("ALTER TABLE t ADD COLUMN c varchar(3) DEFAULT 'x'::varchar(3) NOT NULL", True),
+    ("CREATE TABLE t (id int, e int GENERATED ALWAYS AS (1::d) STORED)", False),
+    ("CREATE INDEX ON t USING gist (r)", False),  # a range type's subtype_diff may be a user's function
+    ("CREATE INDEX ON t USING btree (id)", True),
 ])
 def test_effect_free_rule(sql: str, batchable: bool) -> None:
     from runner.statement_kinds import effect_free
@@ -92,3 +103,27 @@ def test_no_statement_changing_the_session_is_effect_free(sql: str) -> None:
     from runner.statement_kinds import effect_free
 
     assert effect_free(sql) is False
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TRIGGER a AFTER INSERT ON public._migrate_log FOR EACH ROW EXECUTE FUNCTION f()",
+    "CREATE TRIGGER a AFTER INSERT ON elsewhere._migrate_history FOR EACH ROW EXECUTE FUNCTION f()",
+    "CREATE POLICY p ON _yoyo_log USING (f())", "ALTER TABLE _migrate_log FORCE ROW LEVEL SECURITY",
+    "ALTER TABLE _migrate_log ADD COLUMN x int", "CREATE SCHEMA s CREATE TABLE t (id int) CREATE VIEW v AS SELECT 1",
+])
+def test_a_statement_naming_a_protected_table_is_not_effect_free(sql: str) -> None:
+    from runner.statement_kinds import effect_free
+
+    protected = frozenset({"_migrate_log", "_migrate_history", "_yoyo_log"})
+    assert effect_free(sql, protected) is ("CREATE SCHEMA" in sql)
+    assert effect_free(sql) is True
+
+
+@pytest.mark.parametrize("search_path, first", [
+    (None, True), ("", True), ('"$user", public', True), ("pg_catalog, app", True), ("app, pg_catalog", False),
+    ('app, "pg_catalog"', False), (" public ,  pg_catalog ", False),
+])
+def test_builtin_types_resolve_first_unless_pg_catalog_comes_later(search_path, first) -> None:
+    from runner.statement_kinds import builtins_first
+
+    assert builtins_first(search_path) is first
