@@ -179,7 +179,9 @@ def builtins_first(search_path: str | None) -> bool:
     """Whether unqualified built-in type names resolve to ``pg_catalog`` under ``search_path`` (a
     ``SHOW search_path`` value): it names ``pg_catalog`` first or not at all (then it is searched
     first)."""
-    schemas = [part.strip().strip('"') for part in (search_path or "").split(",") if part.strip()]
+    from runner.dialects.postgresql import split_search_path
+
+    schemas = [name for name in split_search_path(search_path or "") if name]
     return "pg_catalog" not in schemas or schemas[0] == "pg_catalog"
 
 

@@ -280,6 +280,9 @@ def test_a_schema_name_with_a_dollar_tag_in_it(pg_url: str, tmp_path: Path) -> N
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
         "migrate: error: MIGRATE_SCHEMA (environment): schema a%s: a '%' in the runner's schema name is not supported")
     assert not tables(pg_url)
+    refused = run_migrate("up", "--database", f"{pg_url}?schema=a%25s", "--migrations", str(folder))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].endswith(
+        "schema=a%s: a '%' in it is not supported") and not tables(pg_url)
     schema = "odd$migrate_batch$ 100"
     result = run_migrate("up", "--database", pg_url, "--migrations", str(folder), env={"MIGRATE_SCHEMA": schema})
     assert result.returncode == 0, result.stderr

@@ -121,7 +121,7 @@ def test_a_statement_naming_a_protected_table_is_not_effect_free(sql: str) -> No
 
 @pytest.mark.parametrize("search_path, first", [
     (None, True), ("", True), ('"$user", public', True), ("pg_catalog, app", True), ("app, pg_catalog", False),
-    ('app, "pg_catalog"', False), (" public ,  pg_catalog ", False),
+    ('app, "pg_catalog"', False), (" public ,  pg_catalog ", False), ('"a,pg_catalog", b', True),
 ])
 def test_builtin_types_resolve_first_unless_pg_catalog_comes_later(search_path, first) -> None:
     from runner.statement_kinds import builtins_first
