@@ -124,12 +124,12 @@ def env_for_cli() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _SCRUB}
 
 
-def timed(cmd: list[str], cwd: Path, log: Path | None = None) -> float:
-    """Wall time of ``cmd``; raises with its output when it fails."""
+def timed(cmd: list[str], cwd: Path, log: Path | None = None, env: dict[str, str] | None = None) -> float:
+    """Wall time of ``cmd`` (environment: ``env``, else :func:`env_for_cli`); raises with its output when it fails."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
         started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, env=env_for_cli(), stdout=subprocess.DEVNULL, stderr=out)
+        proc = subprocess.run(cmd, cwd=cwd, env=env or env_for_cli(), stdout=subprocess.DEVNULL, stderr=out)
         elapsed = time.perf_counter() - started
     finally:
         if log:
