@@ -56,6 +56,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from runner.dialects.postgresql import split_search_path
 from runner.errors import MigrationFileError
 from runner.migration import MigrationFile, Statement
 from runner.sqlfile import leading_comment_lines, skip_comments
@@ -179,8 +180,6 @@ def builtins_first(search_path: str | None) -> bool:
     """Whether unqualified built-in type names resolve to ``pg_catalog`` under ``search_path`` (a
     ``SHOW search_path`` value): it names ``pg_catalog`` first or not at all (then it is searched
     first)."""
-    from runner.dialects.postgresql import split_search_path
-
     schemas = [name for name in split_search_path(search_path or "") if name]
     return "pg_catalog" not in schemas or schemas[0] == "pg_catalog"
 
