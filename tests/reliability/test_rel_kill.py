@@ -150,6 +150,17 @@ def test_sigkill_inside_a_slow_statement_and_right_after_a_commit(target, folder
     FIGURES.add("sigkill", injected=2, survived=2, inside_transaction=1, half_applied=0)
 
 
+def _sqlite_applied(path) -> int:
+    """How many history rows the SQLite file holds now (0 while it is locked or not there yet)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0) as conn:
+            return conn.execute("SELECT count(*) FROM _migrate_history").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def test_sigkill_on_sqlite_the_embedded_default(tmp_path, folder):
     """The quickstart's database: kills leave a prefix, the file lock dies with the process."""
     ids = sets.write_kill_set_sqlite(folder)
@@ -159,15 +170,18 @@ def test_sigkill_on_sqlite_the_embedded_default(tmp_path, folder):
     baseline = run(*args)
     assert baseline.returncode == 0, baseline.describe()
     assert sets.check_prefix_sqlite(db, ids, shims) == len(ids)
-    rng = random.Random()
     landed, prefixes = 0, set()
-    for _ in range(SQLITE_KILLS * 3):
+    for attempt in range(SQLITE_KILLS * 3):
         if landed >= SQLITE_KILLS:
             break
         for leftover in tmp_path.glob("kill.db*"):
             leftover.unlink()
+        # Killed once the history holds `target` rows (what the file says, not a timer: on a
+        # loaded machine a random delay landed before the first commit or after the last).
+        target = attempt % len(ids)
         proc = Spawned(*args)
-        time.sleep(rng.uniform(0.0, baseline.seconds * 1.1))
+        harness.wait_until(lambda: _sqlite_applied(db) >= target or not proc.alive(), timeout=60, interval=0.002,
+                           what=f"{target} migrations committed")
         if not proc.kill():
             assert proc.wait().returncode == 0
             continue
