@@ -330,7 +330,7 @@ class Engine:
             else:
                 parts.extend(self.bookkeeping.statements(migration, direction, duration_ms=None))
         if batch:
-            parts.extend(self.bookkeeping.check(list(migrations)))
+            parts.extend(self.bookkeeping.check(migrations))
             parts.append(self.bookkeeping.unprepare())
         commit = len(parts)
         parts.append("COMMIT")

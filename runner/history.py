@@ -9,8 +9,10 @@ schema-qualified names, so a migration that changes ``search_path`` cannot misdi
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -167,7 +169,7 @@ class Bookkeeping:
         """PREPARE the statement recording ``operation`` with the server's clock and duration,
         the migration's own values as parameters (:meth:`execute`). Parsing and planning the
         four writes once per batch rather than once per migration: about a sixth of a batch's
-        time on the server (bench/bench_runner.py). For a dialect that runs one query with the
+        time on the server (docs/benchmarks.md). For a dialect that runs one query with the
         server's clock (PostgreSQL: ``Dialect.one_query``)."""
         statement, = self._make(operation, None)
         at, at_utc = self.db.dialect.clock(self.db)
@@ -181,11 +183,9 @@ class Bookkeeping:
         values = (migration.id, migration.checksum, yoyo_adapter.migration_hash(migration.id), str(uuid.uuid4()), detail)
         return f"EXECUTE {self.PREPARED}({', '.join(quote(v) for v in values)})"
 
-    def check(self, migrations: list[MigrationFile]) -> list[str]:
+    def check(self, migrations: Sequence[MigrationFile]) -> list[str]:
         """Statements that fail the transaction unless the history rows of ``migrations`` are all
         there: a batch commits only with all of its bookkeeping, whatever its migrations did."""
-        import json
-
         ids = self._quote(json.dumps([m.id for m in migrations]))
         wanted = "pg_catalog.current_setting('migrate.batch')::pg_catalog.jsonb"
         body = (f" BEGIN IF (SELECT pg_catalog.count(*) FROM {self._constants['history']} WHERE migration_id "

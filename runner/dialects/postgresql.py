@@ -302,8 +302,9 @@ class PostgreSQL:
         """Between two migrations of one batch (runner.engine): only DISCARD TEMP. A batch holds
         only statements runner.statement_kinds calls effect free, and of session state those can
         leave only temporary objects behind: no SET, RESET, SET ROLE, SET SESSION AUTHORIZATION,
-        PREPARE, DECLARE or LISTEN, and no function call where it would be evaluated (which could
-        call set_config). The runner's own SET LOCALs are the same for every migration of the batch
+        PREPARE, DECLARE or LISTEN, and no code the server would run (which could call set_config):
+        no function call or cast to a type not built in where a value is evaluated, nothing naming
+        the tables the batch's bookkeeping writes. The runner's own SET LOCALs are the same for every migration of the batch
         and ``migration_end`` restores the role, search_path and statement_timeout after each."""
         return ["DISCARD TEMP"]
 
