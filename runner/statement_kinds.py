@@ -45,8 +45,8 @@ Two questions the runner asks before it runs anything:
   What is trusted: the functions behind built-in types (their input functions, comparison
   operators for index builds and foreign-key checks over rows an earlier migration inserted), and
   built-in type names resolving to ``pg_catalog`` (it comes first unless a search_path names it
-  later: :func:`builtins_first` tells, and the engine batches only then). Event triggers (which run code on any DDL) are the engine's concern: it batches only
-  while none exists.
+  later: :func:`builtins_first` tells, and the engine batches only then). Event triggers (which run
+  code on any DDL) are the engine's concern: it batches only while none exists.
 """
 
 from __future__ import annotations
@@ -193,30 +193,30 @@ def _kind(node: Any) -> tuple[str, dict[str, Any]]:
     return "", {}
 
 
-def _nodes_below(value: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The type name and fields of every wrapped node in ``value``."""
+def _dicts_below(value: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in the JSON tree ``value``: wrapped nodes, their fields, unwrapped RangeVars."""
     if isinstance(value, list):
         for item in value:
-            yield from _nodes_below(item)
+            yield from _dicts_below(item)
     elif isinstance(value, dict):
-        name, fields = _kind(value)
+        yield value
+        for item in value.values():
+            yield from _dicts_below(item)
+
+
+def _nodes_below(value: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The type name and fields of every wrapped node in ``value``."""
+    for found in _dicts_below(value):
+        name, fields = _kind(found)
         if name:
             yield name, fields
-            value = fields
-        for item in value.values():
-            yield from _nodes_below(item)
 
 
 def _relations_below(value: Any) -> Iterator[str]:
     """The names of the relations ``value`` names (RangeVar fields: the JSON leaves them unwrapped)."""
-    if isinstance(value, list):
-        for item in value:
-            yield from _relations_below(item)
-    elif isinstance(value, dict):
-        if isinstance(value.get("relname"), str):
-            yield value["relname"]
-        for item in value.values():
-            yield from _relations_below(item)
+    for found in _dicts_below(value):
+        if isinstance(found.get("relname"), str):
+            yield found["relname"]
 
 
 _CONSTANT_NODES = frozenset({"A_Const", "TypeCast", "TypeName", "String", "Integer", "Float", "Boolean", "BitString",
