@@ -256,9 +256,13 @@ class CompatHook:
                           + [d.expires_at(now, _default_window(ctx)) for d in decls]
                           or [now + _default_window(ctx)])
             targets = {label: expires, **{v: until for v, until in versions.items() if v != label}}
+            # A version is served already by this table's own shims, or, when another table took
+            # this name from it (renamed away, a new table created under the name), by that
+            # table's view: the consumer at that version never saw the table changed now.
             taken = {shim.as_of for shim in mine}
+            occupied = {(shim.compat_schema, shim.view_name) for shim in plan.active}
             for as_of, until in targets.items():
-                if as_of not in taken:
+                if as_of not in taken and builder.location(ctx.settings, before.name, as_of) not in occupied:
                     self._open(ctx, registry, builder, now_shape, before, as_of, (now, until), entries, snaps,
                                checked)
 

@@ -255,6 +255,22 @@ def test_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_old_one(
     assert [s.name for s in shims_of(pg_conn) if s.active] == ["compat_001.orders"]
 
 
+def test_table_swapped_then_changed_keeps_the_old_view_and_adds_one_for_the_new_table(pg_conn, pg_url):
+    # compat_001.orders belongs to orders_old; changing the new orders used to try to open it again
+    # ("cannot create shim compat_001.orders: ... already exists")
+    r = pg_runner(pg_conn, AUTO)
+    base(r)
+    r.apply(migration("002_swap", ["ALTER TABLE orders RENAME TO orders_old",
+                                   "CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)"]))
+    r.apply(migration("003_add", "ALTER TABLE orders ADD COLUMN w text"))
+    assert cols(pg_conn, "compat_001", "orders") == ["id", "item", "qty", "note"]
+    assert cols(pg_conn, "compat_002", "orders") == ["id", "item"]
+    assert [(s.name, s.table_name) for s in shims_of(pg_conn) if s.active] == [
+        ("compat_001.orders", "orders_old"), ("compat_002.orders", "orders")]
+    with consumer(pg_url, "001") as c:
+        assert c.execute("SELECT item, qty, note FROM orders").fetchall() == [("apple", 2, "n1")]
+
+
 def test_declared_change_that_did_not_happen_rolls_back(pg_conn):
     r = pg_runner(pg_conn)
     base(r)

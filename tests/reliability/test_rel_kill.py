@@ -1,7 +1,8 @@
 """SIGKILL of `migrate up` at random moments: never half-applied, never wedged, no stale lock.
 
 Each run starts `migrate up` of the 20-migration kill set on an empty database
-in a subprocess and SIGKILLs it after a random delay spread over the whole run
+in a subprocess, waits until its history holds a chosen number of rows (each
+count in turn) and SIGKILLs it a random part of one migration's time later
 (startup, lock, inside slow statements, between migrations, around COMMIT).
 After each kill: the killed session disappears and leaves no advisory lock;
 the database holds a prefix of the set, each migration fully applied and
@@ -58,8 +59,15 @@ def _kill_lane(target, folder, ids: list[str], kills: int, full: float, seed: in
     while stats.landed < kills:
         stats.attempts += 1
         assert stats.attempts <= kills * 3, f"only {stats.landed} of {stats.attempts} kills landed during a run"
+        # Killed once the history holds `committed` rows (what the server reports), then a random
+        # part of one migration's time later: spread over every prefix by construction, where a
+        # random delay over the whole run bunched up on a loaded machine.
+        committed = stats.attempts % len(ids)
         proc = Spawned(*args)
-        time.sleep(rng.uniform(0.0, full * 1.1))
+        with target.admin_conn() as conn:
+            harness.wait_until(lambda: len(harness.history_ids(conn)) >= committed or not proc.alive(),
+                               timeout=60, interval=0.002, what=f"{committed} migrations committed")
+        time.sleep(rng.uniform(0.0, full / len(ids)))
         phase = _phase(target)
         if not proc.kill():
             # It finished first: a normal, complete run.
@@ -88,7 +96,7 @@ def _kill_lane(target, folder, ids: list[str], kills: int, full: float, seed: in
 def test_sigkill_at_random_moments_leaves_a_clean_prefix(target, more_targets, folder):
     ids = sets.write_kill_set(folder)
     shims = harness.compat_ready()
-    # How long a full run takes here: kills are spread over [0, that + 10%].
+    # How long a full run takes here: each kill lands within one migration's share of it.
     baseline = run(*db_args(target.url, folder, "up", *_compat_args()))
     assert baseline.returncode == 0, baseline.describe()
     with target.admin_conn() as conn:

@@ -129,3 +129,22 @@ def test_sqlite_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_o
     (shim,) = shims_of(r.db)
     assert (shim.name, shim.table_name, shim.shape) == ("t__v001", "t_old", {})
     assert r.connection.execute("SELECT * FROM t__v001").fetchall() == [(1, "x", "y")]
+
+
+def test_sqlite_table_swapped_then_changed_keeps_the_old_view_and_adds_one_for_the_new_table(tmp_path: Path):
+    # version 001 is served by the view over t_old; changing the new t must not open a second 001
+    # (it used to fail: UNIQUE constraint failed: _migrate_shims.name)
+    r = sqlite_runner(str(tmp_path / "db.sqlite"), Settings(compat=CompatSettings(mode="auto")))
+    r.apply(migration("001_t", "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"))
+    r.connection.execute("INSERT INTO t (a, b) VALUES ('x', 'y')")
+    r.connection.commit()
+    r.apply(migration("002_swap", ["ALTER TABLE t RENAME TO t_old", "CREATE TABLE t (id INTEGER PRIMARY KEY, z TEXT)"]))
+    r.apply(migration("003_add", "ALTER TABLE t ADD COLUMN w TEXT"))
+    assert [(s.name, s.table_name, s.shape) for s in shims_of(r.db)] == [
+        ("t__v001", "t_old", {}), ("t__v002", "t", {"hides": ["w"]})]
+    assert r.connection.execute("SELECT * FROM t__v001").fetchall() == [(1, "x", "y")]
+    assert [c[1] for c in r.connection.execute("PRAGMA table_info(t__v002)")] == ["id", "z"]
+    r.apply(migration("004_swap", ["ALTER TABLE t RENAME TO t_old2", "CREATE TABLE t (id INTEGER PRIMARY KEY, q TEXT)"]))
+    assert [(s.name, s.table_name) for s in shims_of(r.db)] == [
+        ("t__v001", "t_old"), ("t__v002", "t_old2"), ("t__v003", "t_old2")]
+    assert [c[1] for c in r.connection.execute("PRAGMA table_info(t__v003)")] == ["id", "z", "w"]
