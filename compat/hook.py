@@ -218,6 +218,7 @@ class CompatHook:
         label = version_label(ctx)
         now = registry.now()
         versions = _active_versions(plan.active) if creating else {}
+        occupied = {(shim.compat_schema, shim.view_name) for shim in plan.active}
         checked: set[str | None] = set()  # compat schemas found to be the runner's in this migration
         for key, before in plan.shapes.items():
             mine = [shim for shim, base in plan.detached if base == key]
@@ -260,7 +261,6 @@ class CompatHook:
             # this name from it (renamed away, a new table created under the name), by that
             # table's view: the consumer at that version never saw the table changed now.
             taken = {shim.as_of for shim in mine}
-            occupied = {(shim.compat_schema, shim.view_name) for shim in plan.active}
             for as_of, until in targets.items():
                 if as_of not in taken and builder.location(ctx.settings, before.name, as_of) not in occupied:
                     self._open(ctx, registry, builder, now_shape, before, as_of, (now, until), entries, snaps,

@@ -14,7 +14,7 @@ from compat.registry import Registry
 from helpers import run_migrate
 from runner.config import CompatSettings, Settings
 from runner.db import connect
-from compat_support import migration, shims_of, sqlite_runner
+from compat_support import Runner, migration, shims_of, sqlite_runner
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "shapes_story" / "sqlite"
 CATALOG = "remediation_workflow_catalog"
@@ -119,13 +119,19 @@ def test_sqlite_shapes_follow_renames_and_tell_drops(tmp_path: Path):
     assert [d[0] for d in r.connection.execute("SELECT * FROM t__v002").description] == ["id", "c", "b"]
 
 
-def test_sqlite_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_old_one(tmp_path: Path):
-    # the rename comes before the CREATE of the new t, so it is followed (compat.shapes.touched_tables)
+def _swapped(tmp_path: Path) -> Runner:
+    """Auto mode; 001 creates t with a row, 002 renames it to t_old and creates a new t."""
     r = sqlite_runner(str(tmp_path / "db.sqlite"), Settings(compat=CompatSettings(mode="auto")))
     r.apply(migration("001_t", "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"))
     r.connection.execute("INSERT INTO t (a, b) VALUES ('x', 'y')")
     r.connection.commit()
     r.apply(migration("002_swap", ["ALTER TABLE t RENAME TO t_old", "CREATE TABLE t (id INTEGER PRIMARY KEY, z TEXT)"]))
+    return r
+
+
+def test_sqlite_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_old_one(tmp_path: Path):
+    # the rename comes before the CREATE of the new t, so it is followed (compat.shapes.touched_tables)
+    r = _swapped(tmp_path)
     (shim,) = shims_of(r.db)
     assert (shim.name, shim.table_name, shim.shape) == ("t__v001", "t_old", {})
     assert r.connection.execute("SELECT * FROM t__v001").fetchall() == [(1, "x", "y")]
@@ -134,11 +140,7 @@ def test_sqlite_table_renamed_and_recreated_under_its_name_keeps_a_view_of_the_o
 def test_sqlite_table_swapped_then_changed_keeps_the_old_view_and_adds_one_for_the_new_table(tmp_path: Path):
     # version 001 is served by the view over t_old; changing the new t must not open a second 001
     # (it used to fail: UNIQUE constraint failed: _migrate_shims.name)
-    r = sqlite_runner(str(tmp_path / "db.sqlite"), Settings(compat=CompatSettings(mode="auto")))
-    r.apply(migration("001_t", "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"))
-    r.connection.execute("INSERT INTO t (a, b) VALUES ('x', 'y')")
-    r.connection.commit()
-    r.apply(migration("002_swap", ["ALTER TABLE t RENAME TO t_old", "CREATE TABLE t (id INTEGER PRIMARY KEY, z TEXT)"]))
+    r = _swapped(tmp_path)
     r.apply(migration("003_add", "ALTER TABLE t ADD COLUMN w TEXT"))
     assert [(s.name, s.table_name, s.shape) for s in shims_of(r.db)] == [
         ("t__v001", "t_old", {}), ("t__v002", "t", {"hides": ["w"]})]
