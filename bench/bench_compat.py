@@ -11,7 +11,7 @@
     CLI) applies 018 a few seconds in; a new consumer starts once it has
     committed and loops the same by container_image. Reports failed queries and
     each loop's worst latency.
-(c) `migrate shims audit` (the CLI, and compat.commands.audit in process) with
+(c) `migrate shims audit` (the CLI, and compat.lifecycle.audit in process) with
     1,000 registered shims (1,000 tables, one rename each, 100 of them expired).
 
 Each case uses its own throwaway database, dropped afterwards.
@@ -271,7 +271,7 @@ def main() -> None:
               f"{loop.worst_ms:.1f} ms / {loop.p99_ms:.1f} ms{detail} |")
     print(f"| (c) `shims audit`, {audit['shims']:,} shims (100 expired) | CLI wall, median of 5 (exit 1) | "
           f"{audit['cli_ms']:.0f} ms (`migrate --help`: {audit['cli_help_ms']:.0f} ms) |")
-    print(f"| (c) compat.commands.audit in process | median of 5 | {audit['inproc_ms']:.1f} ms |")
+    print(f"| (c) compat.lifecycle.audit in process | median of 5 | {audit['inproc_ms']:.1f} ms |")
     print(f"| (c) creating the 1,000 shims | one migration, one transaction | {audit['create_s']:.1f} s |")
 
 
