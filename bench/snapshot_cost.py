@@ -46,29 +46,28 @@ def drop_database(admin: str, name: str) -> None:
 
 
 def full_snapshot_costs(admin: str) -> list[tuple[int, float, float]]:
-    import psycopg
-
+    from runner.db import connect, transaction
     from runner.snapshot import store_snapshot, take_snapshot
 
     name, url = fresh_database(admin)
     rows = []
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with connect(url) as db:
             made = 0
             for size in (0, 10, 100, 1000):
                 for i in range(made, size):
-                    conn.execute(f"CREATE TABLE t{i} (id int, name text)")
+                    db.execute(f"CREATE TABLE public.t{i} (id int, name text)")  # the runner's search_path is pg_catalog
                 made = size
-                take_snapshot(conn, "postgresql", "public")
+                take_snapshot(db)
                 repeat = 20
                 started = time.perf_counter()
                 for _ in range(repeat):
-                    take_snapshot(conn, "postgresql", "public")
+                    take_snapshot(db)
                 take = (time.perf_counter() - started) / repeat
                 started = time.perf_counter()
                 for _ in range(repeat):
-                    with conn.transaction():
-                        store_snapshot(conn, "postgresql", "public", "x", take_snapshot(conn, "postgresql", "public"))
+                    with transaction(db):
+                        store_snapshot(db, "x", take_snapshot(db))
                 both = (time.perf_counter() - started) / repeat
                 rows.append((size, take * 1000, both * 1000))
     finally:
