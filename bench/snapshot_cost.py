@@ -16,62 +16,37 @@ import argparse
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _db_url(admin: str, name: str) -> str:
-    parts = urlsplit(admin)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-
-
-def fresh_database(admin: str) -> tuple[str, str]:
-    import psycopg
-
-    name = f"bench_snapshot_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, _db_url(admin, name)
-
-
-def drop_database(admin: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from benchlib import scratch_database  # noqa: E402
 
 
 def full_snapshot_costs(admin: str) -> list[tuple[int, float, float]]:
     from runner.db import connect, transaction
     from runner.snapshot import store_snapshot, take_snapshot
 
-    name, url = fresh_database(admin)
     rows = []
-    try:
-        with connect(url) as db:
-            made = 0
-            for size in (0, 10, 100, 1000):
-                for i in range(made, size):
-                    db.execute(f"CREATE TABLE public.t{i} (id int, name text)")  # the runner's search_path is pg_catalog
-                made = size
+    with scratch_database(admin, "bench_snapshot") as url, connect(url) as db:
+        made = 0
+        for size in (0, 10, 100, 1000):
+            for i in range(made, size):
+                db.execute(f"CREATE TABLE public.t{i} (id int, name text)")  # the runner's search_path is pg_catalog
+            made = size
+            take_snapshot(db)
+            repeat = 20
+            started = time.perf_counter()
+            for _ in range(repeat):
                 take_snapshot(db)
-                repeat = 20
-                started = time.perf_counter()
-                for _ in range(repeat):
-                    take_snapshot(db)
-                take = (time.perf_counter() - started) / repeat
-                started = time.perf_counter()
-                for _ in range(repeat):
-                    with transaction(db):
-                        store_snapshot(db, "x", take_snapshot(db))
-                both = (time.perf_counter() - started) / repeat
-                rows.append((size, take * 1000, both * 1000))
-    finally:
-        drop_database(admin, name)
+            take = (time.perf_counter() - started) / repeat
+            started = time.perf_counter()
+            for _ in range(repeat):
+                with transaction(db):
+                    store_snapshot(db, "x", take_snapshot(db))
+            both = (time.perf_counter() - started) / repeat
+            rows.append((size, take * 1000, both * 1000))
     return rows
 
 
@@ -85,8 +60,7 @@ def run_up(admin: str, count: int, hook: str) -> float:
         width = len(str(count))
         for i in range(1, count + 1):
             (folder / f"{i:0{width}d}_t{i}.sql").write_text(f"CREATE TABLE t{i} (id int);\n")
-        name, url = fresh_database(admin)
-        try:
+        with scratch_database(admin, "bench_snapshot") as url:
             settings = load_settings({"database": url, "migrations": str(folder)}, env={})
             last = f"{count:0{width}d}_t{count}"
             hooks = {"none": [], "final": [SnapshotHook(final_migration_id=last)], "every": [SnapshotHook(every=True)],
@@ -94,8 +68,6 @@ def run_up(admin: str, count: int, hook: str) -> float:
             started = time.perf_counter()
             commands.up(settings, hooks=hooks)
             return time.perf_counter() - started
-        finally:
-            drop_database(admin, name)
 
 
 def main() -> int:
